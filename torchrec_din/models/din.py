@@ -1,0 +1,238 @@
+"""DIN and the paper's BaseModel, built from TorchRec collections and our interactions."""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn, Tensor
+from torchrec.modules.embedding_modules import (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+)
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_din.data.batch import DINBatch
+
+from torchrec_din.modules.interaction import (
+    AttentionGroup,
+    DINInteraction,
+    SumPoolingInteraction,
+)
+from torchrec_din.modules.mlp import ActivationMLP
+
+
+@torch.fx.wrap
+def _check_dense(dense_features: Tensor, batch_size: int, in_features: int) -> None:
+    if dense_features.dim() != 2 or dense_features.size(1) != in_features:
+        raise ValueError(
+            f"dense_features must be [B, {in_features}], got shape {list(dense_features.shape)}"
+        )
+    if dense_features.size(0) != batch_size:
+        raise ValueError(
+            f"dense_features has {dense_features.size(0)} rows but the sparse features "
+            f"hold {batch_size} samples"
+        )
+
+
+def _embedding_dim(embedding_collection: EmbeddingCollection) -> int:
+    dims = {c.embedding_dim for c in embedding_collection.embedding_configs()}
+    if len(dims) != 1:
+        raise ValueError(f"all EmbeddingCollection tables must share embedding_dim, got {dims}")
+    return dims.pop()
+
+
+class DINModel(nn.Module):
+    """Candidate embeddings, a grouped interaction, pooled and dense features, an over arch.
+
+    The over arch sees ``[candidates, interest, pooled features, dense features]`` and a
+    final linear layer gives one logit per sample.
+
+    Args:
+        embedding_collection (EmbeddingCollection): tables for candidate and history
+            features; one table per id space shared by both (e.g. ``feature_names=["item",
+            "hist_item"]``).
+        interaction (nn.Module): :class:`DINInteraction` (DIN) or
+            :class:`SumPoolingInteraction` (BaseModel); maps the collection's output to
+            [B, interaction.output_dim].
+        embedding_bag_collection (Optional[EmbeddingBagCollection]): pooled user/context
+            features.
+        dense_in_features (int): F, width of the dense features (0 for none).
+        over_arch_layer_sizes (Sequence[int]): hidden widths of the over arch.
+        over_arch_activation (str): "prelu" or "dice" (any of ``make_activation``).
+        dropout (float): dropout after each over-arch hidden layer.
+
+    Shapes:
+        sequence_features: KJT over the collection's features (candidates: one id per
+        sample); pooled_features: KJT over the bag collection's features; dense_features:
+        [B, F]; output: logits [B].
+
+    Example::
+
+        model = DIN(ec, groups=[AttentionGroup("item", ["item"], ["hist_item"])])
+        logits = model(kjt)  # [B]
+    """
+
+    def __init__(
+        self,
+        embedding_collection: EmbeddingCollection,
+        interaction: nn.Module,
+        embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        dense_in_features: int = 0,
+        over_arch_layer_sizes: Sequence[int] = (200, 80),
+        over_arch_activation: str = "prelu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.embedding_collection = embedding_collection
+        self.interaction = interaction
+        self.embedding_bag_collection = embedding_bag_collection
+        self.dense_in_features = dense_in_features
+        self.pooled_keys: List[str] = []
+        pooled_dim = 0
+        if embedding_bag_collection is not None:
+            for config in embedding_bag_collection.embedding_bag_configs():
+                self.pooled_keys.extend(config.feature_names)
+                pooled_dim += config.embedding_dim * len(config.feature_names)
+        in_features = 2 * interaction.output_dim + pooled_dim + dense_in_features
+        self.over_arch = ActivationMLP(
+            in_features, over_arch_layer_sizes, over_arch_activation, dropout
+        )
+        self.final = nn.Linear(self.over_arch.out_features, 1)
+
+    def forward(
+        self,
+        sequence_features: KeyedJaggedTensor,
+        pooled_features: Optional[KeyedJaggedTensor] = None,
+        dense_features: Optional[Tensor] = None,
+    ) -> Tensor:
+        embeddings = self.embedding_collection(sequence_features)
+        candidates = self.interaction.candidates(embeddings)
+        parts: List[Tensor] = [candidates, self.interaction(embeddings)]
+        if self.embedding_bag_collection is not None:
+            # Index by key: a sharded collection may return its keys in another order.
+            pooled: Dict[str, Tensor] = self.embedding_bag_collection(pooled_features).to_dict()
+            parts.extend([pooled[key] for key in self.pooled_keys])
+        if self.dense_in_features > 0:
+            _check_dense(dense_features, candidates.size(0), self.dense_in_features)
+            parts.append(dense_features)
+        return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
+
+
+class DIN(DINModel):
+    """Deep Interest Network (Zhou et al., KDD 2018) on jagged TorchRec inputs.
+
+    Args:
+        embedding_collection (EmbeddingCollection): candidate and history tables.
+        groups (Sequence[AttentionGroup]): candidate -> history feature groups.
+        embedding_bag_collection (Optional[EmbeddingBagCollection]): pooled features.
+        dense_in_features (int): F.
+        attention_hidden_units (Sequence[int]): local activation unit widths.
+        attention_activation (str): "sigmoid", "dice", "prelu" or "relu".
+        attention_normalization (str): "none" (the paper) or "softmax".
+        use_outer_product (bool): outer product of e and v in the attention input.
+        over_arch_layer_sizes, over_arch_activation, dropout: see :class:`DINModel`.
+
+    Example::
+
+        ec = EmbeddingCollection(tables=[
+            EmbeddingConfig(name="item", embedding_dim=16, num_embeddings=100,
+                            feature_names=["item", "hist_item"])])
+        model = DIN(ec, [AttentionGroup("item", ["item"], ["hist_item"])])
+        logits = model(kjt)  # [B]
+    """
+
+    def __init__(
+        self,
+        embedding_collection: EmbeddingCollection,
+        groups: Sequence[AttentionGroup],
+        embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        dense_in_features: int = 0,
+        attention_hidden_units: Sequence[int] = (80, 40),
+        attention_activation: str = "sigmoid",
+        attention_normalization: str = "none",
+        use_outer_product: bool = False,
+        over_arch_layer_sizes: Sequence[int] = (200, 80),
+        over_arch_activation: str = "prelu",
+        dropout: float = 0.0,
+    ) -> None:
+        interaction = DINInteraction(
+            groups,
+            _embedding_dim(embedding_collection),
+            attention_hidden_units,
+            attention_activation,
+            attention_normalization,
+            use_outer_product,
+        )
+        super().__init__(
+            embedding_collection,
+            interaction,
+            embedding_bag_collection,
+            dense_in_features,
+            over_arch_layer_sizes,
+            over_arch_activation,
+            dropout,
+        )
+
+
+class BaseModel(DINModel):
+    """The DIN paper's BaseModel: histories sum-pooled instead of attended.
+
+    Args: as :class:`DIN` without the attention options.
+
+    Example::
+
+        model = BaseModel(ec, [AttentionGroup("item", ["item"], ["hist_item"])])
+        logits = model(kjt)  # [B]
+    """
+
+    def __init__(
+        self,
+        embedding_collection: EmbeddingCollection,
+        groups: Sequence[AttentionGroup],
+        embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        dense_in_features: int = 0,
+        over_arch_layer_sizes: Sequence[int] = (200, 80),
+        over_arch_activation: str = "prelu",
+        dropout: float = 0.0,
+    ) -> None:
+        interaction = SumPoolingInteraction(groups, _embedding_dim(embedding_collection))
+        super().__init__(
+            embedding_collection,
+            interaction,
+            embedding_bag_collection,
+            dense_in_features,
+            over_arch_layer_sizes,
+            over_arch_activation,
+            dropout,
+        )
+
+
+class DINTrain(nn.Module):
+    """Training wrapper in the style of ``torchrec.models.dlrm.DLRMTrain``.
+
+    Args:
+        model (DINModel): DIN or BaseModel.
+
+    Call args:
+        batch: anything with ``sequence_features``, ``pooled_features``,
+        ``dense_features`` and ``labels`` ([B] float in {0, 1}), e.g. ``DINBatch``.
+
+    Returns:
+        Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: (loss, (detached loss, logits, labels)).
+
+    Example::
+
+        train_model = DINTrain(DIN(ec, groups))
+        loss, (_, logits, labels) = train_model(batch)
+    """
+
+    def __init__(self, model: DINModel) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch: DINBatch) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]:
+        logits = self.model(
+            batch.sequence_features, batch.pooled_features, batch.dense_features
+        )
+        loss = self.loss_fn(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels.detach())

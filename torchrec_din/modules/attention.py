@@ -1,0 +1,226 @@
+"""DIN's target attention computed on jagged behaviour sequences (no padding, no masks)."""
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn, Tensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
+
+from torchrec_din.modules.activation import make_activation
+from torchrec_din.modules.mlp import ActivationMLP
+from torchrec_din.ops import (
+    broadcast_to_segments,
+    lengths_to_segment_ids,
+    segment_softmax,
+    segment_sum,
+)
+
+NORMALIZATIONS = ("none", "softmax")
+
+# The jagged ops are leaves in fx graphs: their bodies hold shape logic fx cannot trace.
+torch.fx.wrap("broadcast_to_segments")
+torch.fx.wrap("segment_softmax")
+torch.fx.wrap("segment_sum")
+
+
+@torch.fx.wrap
+def _check_attention_inputs(
+    query: Tensor, values: Tensor, lengths: Tensor, embedding_dim: int
+) -> None:
+    # Data-dependent checks (sums, minima) sit in an fx-wrapped leaf so that tracing works.
+    if query.dim() != 2 or query.size(1) != embedding_dim:
+        raise ValueError(
+            f"query must be [B, {embedding_dim}] (one candidate embedding per sample), "
+            f"got shape {list(query.shape)}"
+        )
+    if values.dim() != 2 or values.size(1) != embedding_dim:
+        raise ValueError(
+            f"keys.values() must be [N, {embedding_dim}] (one row per behaviour), "
+            f"got shape {list(values.shape)}"
+        )
+    if lengths.dim() != 1 or lengths.numel() != query.size(0):
+        raise ValueError(
+            f"keys.lengths() must be [B] with B = {query.size(0)} query rows (one history "
+            f"per candidate), got shape {list(lengths.shape)}"
+        )
+    if lengths.numel() > 0:
+        total = int(lengths.sum().item())
+        if total != values.size(0):
+            raise ValueError(
+                f"keys.lengths() sum to {total} but keys.values() has {values.size(0)} rows; "
+                "they must be equal"
+            )
+        low = int(lengths.min().item())
+        if low < 0:
+            row = int(torch.nonzero(lengths < 0)[0].item())
+            raise ValueError(f"keys.lengths() must be >= 0, row {row} has {low}")
+    elif values.size(0) != 0:
+        raise ValueError(
+            f"keys has no histories but keys.values() has {values.size(0)} rows"
+        )
+
+
+@torch.fx.wrap
+def _max_length(lengths: Tensor) -> int:
+    return int(lengths.max().item()) if lengths.numel() > 0 else 0
+
+
+class LocalActivationUnit(nn.Module):
+    r"""DIN's local activation unit: an MLP scoring each behaviour against its candidate.
+
+    The MLP input for behaviour :math:`e_j` of sample b with candidate :math:`v_b` is
+    :math:`[e_j, v_b, e_j - v_b, e_j \odot v_b]` (and optionally the outer product
+    :math:`e_j v_b^T`, the paper's Figure 3). The first layer is linear, so it splits into
+
+    .. math::
+        (W_e + W_d) e_j + (W_v - W_d) v_b + W_p (e_j \odot v_b) + \sum_{ik} U_{\cdot ik} e_{ji} v_{bk}
+
+    The :math:`v_b` term is computed on B rows and gathered; the [N, 4D] concatenation is
+    never built. The outer product term is a bilinear form: :math:`M_b = U v_b` is built on
+    B rows ([B, D, H]) and each segment multiplies its behaviours by it with FBGEMM's
+    ``jagged_dense_bmm``; no [N, D, D] tensor exists. Parameters keep the layout of a plain
+    ``nn.Linear(4D, H)`` (plus ``outer_weight`` [H, D, D] = the flattened outer-product
+    columns), so weights move freely between this and a padded implementation.
+
+    Args:
+        embedding_dim (int): D.
+        hidden_units (Sequence[int]): widths of the MLP's hidden layers, e.g. (80, 40).
+        activation (str): "sigmoid" (the paper), "dice", "prelu" or "relu". Dice statistics
+            are taken over the N real behaviours.
+        use_outer_product (bool): add the outer product of e and v to the MLP input.
+
+    Shapes:
+        query: [B, D]; values: [N, D]; segment_ids: [N]; lengths: [B]; output: [N].
+
+    Example::
+
+        lau = LocalActivationUnit(16, (80, 40))
+        lengths = torch.tensor([2, 0, 3])
+        seg = lengths_to_segment_ids(lengths)
+        scores = lau(torch.randn(3, 16), torch.randn(5, 16), seg, lengths)  # [5]
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        hidden_units: Sequence[int] = (80, 40),
+        activation: str = "sigmoid",
+        use_outer_product: bool = False,
+    ) -> None:
+        super().__init__()
+        if embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be positive, got {embedding_dim}")
+        if len(hidden_units) == 0:
+            raise ValueError("hidden_units needs at least one layer")
+        self.embedding_dim = embedding_dim
+        self.use_outer_product = use_outer_product
+        first = hidden_units[0]
+        self.input_layer = nn.Linear(4 * embedding_dim, first)
+        self.outer_weight: Optional[nn.Parameter] = None
+        if use_outer_product:
+            bound = 1.0 / (embedding_dim * (4 + embedding_dim)) ** 0.5
+            self.outer_weight = nn.Parameter(
+                torch.empty(first, embedding_dim, embedding_dim).uniform_(-bound, bound)
+            )
+        self.input_activation = make_activation(activation, first)
+        self.hidden = ActivationMLP(first, hidden_units[1:], activation)
+        self.output_layer = nn.Linear(self.hidden.out_features, 1)
+
+    def first_layer(
+        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
+    ) -> Tensor:
+        """Pre-activation of the first layer on the N behaviours: [N, H1]."""
+        w_e, w_v, w_d, w_p = self.input_layer.weight.split(self.embedding_dim, dim=1)
+        # Candidate-only part on B rows, gathered with the query itself in one index_select.
+        per_sample = torch.cat(
+            [torch.addmm(self.input_layer.bias, query, (w_v - w_d).t()), query], dim=1
+        )
+        gathered = broadcast_to_segments(per_sample, lengths, segment_ids)
+        candidate_part, query_n = gathered.split(
+            [per_sample.size(1) - self.embedding_dim, self.embedding_dim], dim=1
+        )
+        hidden = torch.addmm(candidate_part, values, (w_e + w_d).t())
+        hidden = torch.addmm(hidden, values * query_n, w_p.t())
+        if self.outer_weight is not None:
+            # M_b[i, h] = sum_k U[h, i, k] v_b[k]; then segment b's rows e_j @ M_b.
+            m = torch.einsum("hik,bk->bih", self.outer_weight, query)
+            offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+            hidden = hidden + torch.ops.fbgemm.jagged_dense_bmm(
+                values, offsets, m, _max_length(lengths)
+            )[0]
+        return hidden
+
+    def forward(
+        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
+    ) -> Tensor:
+        hidden = self.input_activation(self.first_layer(query, values, segment_ids, lengths))
+        return self.output_layer(self.hidden(hidden)).squeeze(1)
+
+
+class JaggedTargetAttention(nn.Module):
+    r"""DIN target attention over jagged histories: :math:`\sum_j a(e_j, v) e_j` per sample.
+
+    Scores come from a :class:`LocalActivationUnit`; with ``normalization="none"`` they are
+    used raw (the paper, which does not normalise so that the interest's intensity is kept),
+    with ``"softmax"`` they are softmax-normalised within each history (the original code).
+    Cost is O(N): nothing is padded and an empty history yields a zero vector.
+
+    Args:
+        embedding_dim (int): D of the query and of each behaviour.
+        hidden_units (Sequence[int]): hidden widths of the attention MLP.
+        activation (str): "sigmoid", "dice", "prelu" or "relu".
+        normalization (str): "none" or "softmax".
+        use_outer_product (bool): add the outer product of e and v to the MLP input.
+
+    Shapes:
+        query: [B, D]; keys: JaggedTensor with values [N, D] and lengths [B] (N = total
+        behaviours); output: [B, D].
+
+    Example::
+
+        attn = JaggedTargetAttention(embedding_dim=16)
+        keys = JaggedTensor(values=torch.randn(5, 16), lengths=torch.tensor([2, 0, 3]))
+        interest = attn(torch.randn(3, 16), keys)  # [3, 16]
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        hidden_units: Sequence[int] = (80, 40),
+        activation: str = "sigmoid",
+        normalization: str = "none",
+        use_outer_product: bool = False,
+    ) -> None:
+        super().__init__()
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}"
+            )
+        self.embedding_dim = embedding_dim
+        self.normalization = normalization
+        self.unit = LocalActivationUnit(
+            embedding_dim, hidden_units, activation, use_outer_product
+        )
+
+    def attend(self, query: Tensor, values: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """Pooled interest [B, D] and per-behaviour weights [N] from raw jagged parts."""
+        _check_attention_inputs(query, values, lengths, self.embedding_dim)
+        seg = lengths_to_segment_ids(lengths, values.size(0))
+        scores = self.unit(query, values, seg, lengths)
+        if self.normalization == "softmax":
+            weights = segment_softmax(scores, lengths, seg)
+        else:
+            weights = scores
+        pooled = segment_sum(values * weights.unsqueeze(1), lengths, seg)
+        return pooled, weights
+
+    def forward(self, query: Tensor, keys: JaggedTensor) -> Tensor:
+        return self.attend(query, keys.values(), keys.lengths())[0]
+
+    def forward_with_weights(
+        self, query: Tensor, keys: JaggedTensor
+    ) -> Tuple[Tensor, JaggedTensor]:
+        """Like ``forward``, also returning each behaviour's weight as a JaggedTensor [N]."""
+        lengths = keys.lengths()
+        pooled, weights = self.attend(query, keys.values(), lengths)
+        return pooled, JaggedTensor(values=weights, lengths=lengths)

@@ -1,0 +1,155 @@
+"""Jagged primitives for attention over variable-length behaviour sequences.
+
+A batch of histories is carried as TorchRec does: ``values`` [N, ...] holding the
+behaviours of all B samples back to back (oldest..newest within a sample) and
+``lengths`` [B]. Nothing here pads: every function costs O(N) (plus O(B)).
+
+Each public function has one call and an ``impl`` switch:
+
+* ``"reference"``: a per-segment loop over ``torch.split``; obviously right, slow.
+  It exists to test the fast paths against.
+* ``"torch"`` (default): vectorised index/scatter ops, differentiable, fx- and
+  TorchScript-friendly.
+* ``"fbgemm"``: FBGEMM's jagged kernels where one exists (``segment_softmax``).
+"""
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+IMPLS = ("reference", "torch", "fbgemm")
+
+
+def _check_impl(impl: str, allowed: List[str]) -> None:
+    if impl not in allowed:
+        raise ValueError(f"impl must be one of {allowed}, got {impl!r}")
+
+
+def lengths_to_segment_ids(lengths: Tensor, num_values: Optional[int] = None) -> Tensor:
+    """Index of the segment (sample) that each of the N values belongs to.
+
+    Args:
+        lengths (Tensor): [B] non-negative segment lengths.
+        num_values (Optional[int]): N = lengths.sum(), if the caller knows it; passing it
+            avoids a device sync.
+
+    Returns:
+        Tensor: [N] int64, ``segment_ids[j] = b`` for every value j of sample b.
+
+    Example::
+
+        lengths_to_segment_ids(torch.tensor([2, 0, 1]))  # tensor([0, 0, 2])
+    """
+    batch = torch.arange(lengths.numel(), device=lengths.device)
+    return torch.repeat_interleave(batch, lengths, output_size=num_values)
+
+
+def broadcast_to_segments(
+    x: Tensor,
+    lengths: Tensor,
+    segment_ids: Optional[Tensor] = None,
+    impl: str = "torch",
+) -> Tensor:
+    """Repeat each per-sample row of ``x`` once per value of its segment.
+
+    Args:
+        x (Tensor): [B, ...] one row per sample.
+        lengths (Tensor): [B] segment lengths.
+        segment_ids (Optional[Tensor]): [N] from :func:`lengths_to_segment_ids`, to reuse.
+        impl (str): "reference" or "torch".
+
+    Returns:
+        Tensor: [N, ...] where row j is ``x[segment_ids[j]]``. Its gradient is a segment sum.
+
+    Example::
+
+        broadcast_to_segments(torch.tensor([[1.0], [2.0]]), torch.tensor([1, 2]))
+        # tensor([[1.], [2.], [2.]])
+    """
+    _check_impl(impl, ["reference", "torch"])
+    if impl == "reference":
+        parts = [x[b : b + 1].expand(int(n), *x.shape[1:]) for b, n in enumerate(lengths.tolist())]
+        return torch.cat(parts, 0) if parts else x[:0]
+    if segment_ids is None:
+        segment_ids = lengths_to_segment_ids(lengths)
+    return x.index_select(0, segment_ids)
+
+
+def segment_sum(
+    values: Tensor,
+    lengths: Tensor,
+    segment_ids: Optional[Tensor] = None,
+    impl: str = "torch",
+) -> Tensor:
+    """Sum the values of each segment; an empty segment sums to zero.
+
+    Args:
+        values (Tensor): [N, ...].
+        lengths (Tensor): [B] segment lengths, summing to N.
+        segment_ids (Optional[Tensor]): [N] from :func:`lengths_to_segment_ids`, to reuse.
+        impl (str): "reference" or "torch".
+
+    Returns:
+        Tensor: [B, ...].
+
+    Example::
+
+        segment_sum(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([2, 0, 1]))
+        # tensor([[3.], [0.], [3.]])
+    """
+    _check_impl(impl, ["reference", "torch"])
+    if impl == "reference":
+        chunks = torch.split(values, lengths.tolist(), dim=0)
+        rows = [c.sum(0) for c in chunks]
+        if not rows:
+            return values.new_zeros((0,) + tuple(values.shape[1:]))
+        return torch.stack(rows, 0)
+    if segment_ids is None:
+        segment_ids = lengths_to_segment_ids(lengths, values.size(0))
+    out = values.new_zeros((lengths.numel(),) + tuple(values.shape[1:]))
+    return out.index_add(0, segment_ids, values)
+
+
+def segment_softmax(
+    scores: Tensor,
+    lengths: Tensor,
+    segment_ids: Optional[Tensor] = None,
+    impl: str = "torch",
+) -> Tensor:
+    """Softmax of the scores within each segment.
+
+    Args:
+        scores (Tensor): [N] one score per value.
+        lengths (Tensor): [B] segment lengths, summing to N.
+        segment_ids (Optional[Tensor]): [N] from :func:`lengths_to_segment_ids`, to reuse.
+        impl (str): "reference", "torch" or "fbgemm" (``torch.ops.fbgemm.jagged_softmax``).
+
+    Returns:
+        Tensor: [N] weights, non-negative and summing to 1 over each non-empty segment.
+        Empty segments have no entries, so there is nothing to mask.
+
+    Example::
+
+        segment_softmax(torch.tensor([0.0, 0.0, 5.0]), torch.tensor([2, 1]))
+        # tensor([0.5000, 0.5000, 1.0000])
+    """
+    _check_impl(impl, ["reference", "torch", "fbgemm"])
+    if impl == "reference":
+        chunks = torch.split(scores, lengths.tolist(), dim=0)
+        return torch.cat([torch.softmax(c, 0) for c in chunks], 0) if chunks else scores
+    if impl == "fbgemm":
+        offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
+        max_len = int(lengths.max().item()) if lengths.numel() > 0 else 0
+        out, _ = torch.ops.fbgemm.jagged_softmax(scores.view(-1, 1), offsets, max_len)
+        return out.view(-1)
+    if segment_ids is None:
+        segment_ids = lengths_to_segment_ids(lengths, scores.size(0))
+    num_segments = lengths.numel()
+    # Shift by the per-segment max for stability; the shift cancels, so no gradient is needed.
+    seg_max = torch.full(
+        (num_segments,), float("-inf"), dtype=scores.dtype, device=scores.device
+    ).scatter_reduce(0, segment_ids, scores.detach(), reduce="amax", include_self=True)
+    exp = torch.exp(scores - seg_max.index_select(0, segment_ids))
+    denom = scores.new_zeros(num_segments).index_add(0, segment_ids, exp)
+    return exp / denom.index_select(0, segment_ids)
