@@ -1,0 +1,5 @@
+import sys
+
+from torchrec_din.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""From a SampleTable to DINBatch mini-batches: seeded shuffling, DataLoader workers, no padding."""
+
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_din.data.batch import DINBatch
+from torchrec_din.data.samples import SampleTable
+
+# Feature names of the KJT given to the EmbeddingCollection.
+CANDIDATE_FEATURES = ["item", "cate"]
+HISTORY_FEATURES = ["hist_item", "hist_cate"]
+SEQUENCE_FEATURES = CANDIDATE_FEATURES + HISTORY_FEATURES
+
+
+class DINDataset(Dataset):
+    """One split of a SampleTable; ``dataset[positions]`` builds a whole DINBatch at once.
+
+    Args:
+        table (SampleTable): the samples.
+        split (str): "train", "valid" or "test" (or "all").
+        pooled_features (Sequence[str]): user features for the EmbeddingBagCollection.
+
+    Example::
+
+        ds = DINDataset(table, "train", ["user", "age"])
+        batch = ds[np.arange(256)]
+    """
+
+    def __init__(self, table: SampleTable, split: str, pooled_features: Sequence[str]) -> None:
+        self.table = table
+        self.rows = np.arange(len(table)) if split == "all" else table.split_indices(split)
+        missing = [f for f in pooled_features if f not in table.user_features]
+        if missing:
+            raise ValueError(f"pooled features {missing} are not in the data; it has "
+                             f"{sorted(table.user_features)}")
+        self.pooled_features = list(pooled_features)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def user_ids(self) -> np.ndarray:
+        """The user of each row of this split, in order (the GAUC groups)."""
+        return self.table.user_row[self.rows]
+
+    def __getitem__(self, positions: Sequence[int]) -> DINBatch:
+        t = self.table
+        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        b = rows.size
+        flat, lengths = t.history_positions(rows)
+        ones = np.ones(b, dtype=np.int64)
+        seq = KeyedJaggedTensor(
+            keys=SEQUENCE_FEATURES,
+            values=torch.from_numpy(np.concatenate(
+                [t.item[rows], t.cate[rows], t.seq_item[flat], t.seq_cate[flat]])),
+            lengths=torch.from_numpy(np.concatenate([ones, ones, lengths, lengths])),
+        )
+        pooled: Optional[KeyedJaggedTensor] = None
+        if self.pooled_features:
+            users = t.user_row[rows]
+            pooled = KeyedJaggedTensor(
+                keys=self.pooled_features,
+                values=torch.from_numpy(np.concatenate(
+                    [t.user_features[f][users] for f in self.pooled_features])),
+                lengths=torch.from_numpy(np.ones(b * len(self.pooled_features), np.int64)),
+            )
+        return DINBatch(
+            sequence_features=seq,
+            pooled_features=pooled,
+            dense_features=torch.zeros(b, 0),
+            labels=torch.from_numpy(t.label[rows].astype(np.float32)),
+        )
+
+
+class EpochBatchSampler(Sampler[List[int]]):
+    """Batches of positions; shuffled with ``seed + epoch`` so any epoch can be replayed.
+
+    Args:
+        size (int): number of samples.
+        batch_size (int): samples per batch (the last one may be smaller).
+        shuffle (bool): permute each epoch.
+        seed (int): base seed.
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's order; ``skip_batches`` resumes part-way through it."""
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return (self.size + self.batch_size - 1) // self.batch_size - self.skip
+
+    def __iter__(self) -> Iterator[List[int]]:
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(self.size)
+        else:
+            order = np.arange(self.size)
+        for start in range(self.skip * self.batch_size, self.size, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+
+def _identity(batch: DINBatch) -> DINBatch:
+    return batch
+
+
+def make_loader(
+    dataset: DINDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader yielding DINBatch; its ``sampler`` has ``set_epoch``.
+
+    Example::
+
+        loader = make_loader(DINDataset(table, "train", ["user"]), 1024, shuffle=True)
+        loader.sampler.set_epoch(epoch)
+        for batch in loader: ...
+    """
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed)
+    return DataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,  # the dataset builds whole batches from a list of positions
+        collate_fn=_identity,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,94 @@
+"""Build data and models from a run configuration."""
+
+import os
+from typing import Any, Dict, List
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from torchrec_din.data.loader import CANDIDATE_FEATURES, HISTORY_FEATURES
+from torchrec_din.data.samples import SampleTable
+from torchrec_din.models import BaseModel, DIN, DINModel
+from torchrec_din.modules.interaction import AttentionGroup
+
+
+def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
+    """Load (through the cache) the samples the config names, capped at ``max_history``."""
+    name = data["dataset"]
+    cache_dir = data["cache_dir"]
+    if cache_dir:
+        cache_dir = os.path.abspath(cache_dir)
+    if name == "movielens-100k":
+        from torchrec_din.data.movielens import load_movielens_100k
+
+        table = load_movielens_100k(
+            cache_dir=cache_dir, data_dir=data["data_dir"], protocol=data["protocol"],
+            genre=data["genre"], valid_per_user=data["valid_per_user"],
+            test_per_user=data["test_per_user"],
+            positive_threshold=data["positive_threshold"], seed=seed,
+            skip_malformed=data["skip_malformed"],
+        )
+    elif name == "amazon-electronics":
+        from torchrec_din.data.amazon import load_amazon_electronics
+
+        if not data["data_dir"]:
+            raise ValueError("data.data_dir must name the folder with reviews_Electronics_5.json "
+                             "and meta_Electronics.json")
+        table = load_amazon_electronics(
+            data["data_dir"], cache_dir=cache_dir, valid_per_user=data["valid_per_user"],
+            test_per_user=data["test_per_user"], seed=seed,
+            skip_malformed=data["skip_malformed"])
+    elif name == "synthetic":
+        from torchrec_din.data.synthetic import generate_synthetic
+
+        table = generate_synthetic(seed=seed, **data["synthetic"])
+    else:
+        raise ValueError(f"data.dataset must be movielens-100k, amazon-electronics or "
+                         f"synthetic, got {name!r}")
+    return table.with_max_history(data["max_history"])
+
+
+def table_configs(table: SampleTable, model: Dict[str, Any],
+                  pooled_features: List[str]) -> Dict[str, Any]:
+    dim = model["embedding_dim"]
+    sequence = [
+        EmbeddingConfig(name=name, embedding_dim=dim, num_embeddings=table.vocab[name],
+                        feature_names=[cand, hist])
+        for name, cand, hist in zip(CANDIDATE_FEATURES, CANDIDATE_FEATURES, HISTORY_FEATURES)
+    ]
+    pooled = [
+        EmbeddingBagConfig(name=f, embedding_dim=model["pooled_embedding_dim"],
+                           num_embeddings=table.vocab[f], feature_names=[f])
+        for f in pooled_features
+    ]
+    return {"sequence": sequence, "pooled": pooled}
+
+
+def build_model(table: SampleTable, config: Dict[str, Any],
+                device: torch.device = torch.device("cpu")) -> DINModel:
+    """DIN or BaseModel for the table's vocabularies, as ``config["model"]`` says."""
+    model_cfg = config["model"]
+    pooled_features = list(config["data"]["pooled_features"])
+    tables = table_configs(table, model_cfg, pooled_features)
+    ec = EmbeddingCollection(tables=tables["sequence"], device=device)
+    ebc = EmbeddingBagCollection(tables=tables["pooled"], device=device) if tables["pooled"] else None
+    groups = [AttentionGroup("behaviour", CANDIDATE_FEATURES, HISTORY_FEATURES)]
+    common = dict(
+        embedding_bag_collection=ebc,
+        over_arch_layer_sizes=model_cfg["over_arch_layer_sizes"],
+        over_arch_activation=model_cfg["over_arch_activation"],
+        dropout=model_cfg["dropout"],
+    )
+    if model_cfg["name"] == "din":
+        return DIN(
+            ec, groups,
+            attention_hidden_units=model_cfg["attention_hidden_units"],
+            attention_activation=model_cfg["attention_activation"],
+            attention_normalization=model_cfg["attention_normalization"],
+            use_outer_product=model_cfg["use_outer_product"],
+            **common,
+        )
+    if model_cfg["name"] == "base":
+        return BaseModel(ec, groups, **common)
+    raise ValueError(f"model.name must be 'din' or 'base', got {model_cfg['name']!r}")

@@ -1,0 +1,219 @@
+"""Single-process training and evaluation of DIN / BaseModel from a run configuration."""
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.data.samples import SampleTable
+from torchrec_din.metrics import evaluate_predictions
+from torchrec_din.models import DINModel, DINTrain
+from torchrec_din.train.builder import build_model, build_table
+from torchrec_din.train.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
+
+
+def make_optimizer(model: torch.nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    lr = train_cfg["learning_rate"]
+    # Plain L2 on every parameter is weight decay; "mba" regularises embeddings in the loss.
+    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+    name = train_cfg["optimizer"]
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=lr, weight_decay=decay)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=decay)
+    raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
+
+
+def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
+                     train_cfg: Dict[str, Any]) -> Optional[MiniBatchAwareL2]:
+    kind = train_cfg["regularization"]
+    if kind not in ("none", "l2", "mba"):
+        raise ValueError(f"train.regularization must be none, l2 or mba, got {kind!r}")
+    if kind != "mba":
+        return None
+    weights: Dict[str, torch.Tensor] = {}
+    features: Dict[str, List[str]] = {}
+    for name, module in model.embedding_collection.embeddings.items():
+        weights[name] = module.weight
+    for cfg in model.embedding_collection.embedding_configs():
+        features[cfg.name] = list(cfg.feature_names)
+    if model.embedding_bag_collection is not None:
+        for name, module in model.embedding_bag_collection.embedding_bags.items():
+            weights[name] = module.weight
+        for cfg in model.embedding_bag_collection.embedding_bag_configs():
+            features[cfg.name] = list(cfg.feature_names)
+    return MiniBatchAwareL2(weights, features, training_frequencies(table, train_rows),
+                            train_cfg["l2_lambda"])
+
+
+@torch.no_grad()
+def predict(model: DINModel, loader: DataLoader, progress: bool = False,
+            desc: str = "eval") -> Tuple[np.ndarray, np.ndarray, float]:
+    """Logits and labels over a loader (in order), and samples per second."""
+    model.eval()
+    logits: List[torch.Tensor] = []
+    labels: List[torch.Tensor] = []
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        logits.append(model(batch.sequence_features, batch.pooled_features,
+                            batch.dense_features))
+        labels.append(batch.labels)
+    elapsed = time.perf_counter() - start
+    out = torch.cat(logits).numpy() if logits else np.zeros(0)
+    lab = torch.cat(labels).numpy() if labels else np.zeros(0)
+    return out, lab, out.size / max(elapsed, 1e-9)
+
+
+def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Baseline: a candidate's score is how often it was a positive in training."""
+    positives = train_rows[table.label[train_rows] > 0]
+    counts = np.bincount(table.item[positives], minlength=table.vocab["item"]).astype(np.float64)
+    return counts[table.item[rows]]
+
+
+def plot_curves(history: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("Training loss")
+    ax_auc.plot(epochs, [h["valid"]["auc"] for h in history], marker="o", label="AUC")
+    ax_auc.plot(epochs, [h["valid"]["gauc"] for h in history], marker="s", label="GAUC")
+    ax_auc.set_xlabel("epoch")
+    ax_auc.set_title("Validation")
+    ax_auc.legend()
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _evaluate(model: DINModel, dataset: DINDataset, loader: DataLoader,
+              progress: bool, desc: str) -> Dict[str, Any]:
+    logits, labels, speed = predict(model, loader, progress, desc)
+    out = evaluate_predictions(logits, labels, dataset.user_ids())
+    out["samples_per_sec"] = speed
+    return out
+
+
+def train(config: Dict[str, Any], output_dir: str) -> Dict[str, Any]:
+    """Train, pick the best epoch on validation GAUC, evaluate it on test.
+
+    Writes to ``output_dir``: ``config.yaml`` (resolved), ``metrics.json`` (rewritten after
+    every epoch), ``curves.png``, ``best.pt`` (model of the best epoch) and ``last.pt``.
+
+    Returns:
+        Dict[str, Any]: the content of metrics.json.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_text(yaml.safe_dump(config, sort_keys=False), os.path.join(output_dir, "config.yaml"))
+    seed = int(config["seed"])
+    data_cfg, train_cfg = config["data"], config["train"]
+    progress = bool(train_cfg["progress"])
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    table = build_table(data_cfg, seed)
+    pooled = list(data_cfg["pooled_features"])
+    datasets = {s: DINDataset(table, s, pooled) for s in ("train", "valid", "test")}
+    for split, ds in datasets.items():
+        if len(ds) == 0:
+            raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
+                             "data.test_per_user")
+    workers = int(data_cfg["num_workers"])
+    train_loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed, workers)
+    eval_loaders = {s: make_loader(datasets[s], train_cfg["eval_batch_size"], False, seed, workers)
+                    for s in ("valid", "test")}
+
+    model = build_model(table, config)
+    train_model = DINTrain(model)
+    optimizer = make_optimizer(model, train_cfg)
+    regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
+
+    summary = table.summary()
+    results: Dict[str, Any] = {"data": {"summary": summary, "meta": table.meta},
+                               "epochs": [], "best_epoch": None}
+    print(f"[data] {table.meta.get('dataset', data_cfg['dataset'])} "
+          f"protocol={table.meta.get('protocol')}: "
+          + ", ".join(f"{k} {v['samples']} samples / {v['users']} users" for k, v in summary.items()))
+    best_gauc = -float("inf")
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    train_speeds: List[float] = []
+
+    for epoch in range(int(train_cfg["epochs"])):
+        model.train()
+        train_loader.sampler.set_epoch(epoch)
+        total_loss, total_samples, elapsed = 0.0, 0, 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not progress,
+                   mininterval=1.0, unit="batch")
+        start = time.perf_counter()
+        for batch in bar:
+            loss, _ = train_model(batch)
+            if regularizer is not None:
+                loss = loss + regularizer([batch.sequence_features, batch.pooled_features])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss {loss.item()} at epoch {epoch}; the last good "
+                    f"model is {os.path.join(output_dir, 'last.pt')}")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            n = batch.batch_size
+            total_loss += loss.item() * n
+            total_samples += n
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{total_loss / total_samples:.4f}",
+                            samples_per_s=f"{total_samples / elapsed:.0f}", refresh=False)
+        speed = total_samples / max(elapsed, 1e-9)
+        train_speeds.append(speed)
+        valid = _evaluate(model, datasets["valid"], eval_loaders["valid"], progress, "valid")
+        record = {"epoch": epoch, "train_loss": total_loss / max(total_samples, 1),
+                  "train_samples_per_sec": speed, "valid": valid}
+        results["epochs"].append(record)
+        print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
+              f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s")
+        state = {"model": model.state_dict(), "epoch": epoch, "config": config}
+        atomic_save({**state, "optimizer": optimizer.state_dict()},
+                    os.path.join(output_dir, "last.pt"))
+        if valid["gauc"] > best_gauc:
+            best_gauc = valid["gauc"]
+            results["best_epoch"] = epoch
+            atomic_save(state, os.path.join(output_dir, "best.pt"))
+        atomic_write_text(json.dumps(results, indent=2), metrics_path)
+        plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
+
+    best = load_checkpoint(os.path.join(output_dir, "best.pt"))
+    model.load_state_dict(best["model"])
+    test = _evaluate(model, datasets["test"], eval_loaders["test"], progress, "test")
+    test["train_samples_per_sec"] = float(np.median(train_speeds))
+    results["test"] = test
+    test_rows = datasets["test"].rows
+    pop = popularity_scores(table, datasets["train"].rows, test_rows)
+    results["baselines"] = {"popularity": evaluate_predictions(
+        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
+    atomic_write_text(json.dumps(results, indent=2), metrics_path)
+    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
+          f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
+          f"on {test['samples']} samples; popularity gauc "
+          f"{results['baselines']['popularity']['gauc']:.4f}")
+    return results
