@@ -47,7 +47,9 @@ def test_movielens_short_run(tmp_path) -> None:
     out = tmp_path / "ml"
     args = ["train", "--config", "configs/movielens_din.yaml", "--output-dir", str(out),
             "--set", "train.epochs=1", "--set", "train.progress=false",
-            "--set", "data.max_history=20", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+            "--set", "data.max_history=20", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.protocol=next_item", "--set", "data.valid_per_user=5",
+            "--set", "data.test_per_user=5"]
     torch.manual_seed(0)
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
