@@ -17,15 +17,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_train.add_argument("--output-dir", default=None,
                          help="where metrics.json, curves.png and checkpoints go "
                               "(default runs/<config name>)")
+    p_train.add_argument("--resume", action="store_true",
+                         help="continue the run in --output-dir from its last.pt")
     args = parser.parse_args(argv)
 
     if args.command == "train":
+        from torchrec_din.data.raw import DataFormatError
         from torchrec_din.train import load_config, train
+        from torchrec_din.train.loop import TrainingInterrupted
 
-        config = load_config(args.config, args.set)
         out = args.output_dir or os.path.join(
             "runs", os.path.splitext(os.path.basename(args.config))[0])
-        results = train(config, out)
+        try:
+            config = load_config(args.config, args.set)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            print(f"error: bad config: {e}", file=sys.stderr)
+            return 2
+        try:
+            results = train(config, out, resume=args.resume)
+        except TrainingInterrupted as e:
+            print(f"[stopped] {e}", file=sys.stderr)
+            return 128 + e.signum
+        except (DataFormatError, FloatingPointError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
               f"  -> {os.path.join(out, 'metrics.json')}")
     return 0

@@ -135,4 +135,7 @@ def make_loader(
         collate_fn=_identity,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        # Its own generator: otherwise each epoch's iterator draws a seed from the global RNG,
+        # and a resumed run's dropout masks would differ from an uninterrupted run's.
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -11,6 +11,12 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.data.batch import DINBatch
+from torchrec_din.models.validation import validate_dense, validate_kjt, validate_labels
+
+# Leaves in fx graphs: validation branches on data, which fx cannot trace.
+torch.fx.wrap("validate_dense")
+torch.fx.wrap("validate_kjt")
+torch.fx.wrap("validate_labels")
 
 from torchrec_din.modules.interaction import (
     AttentionGroup,
@@ -18,19 +24,6 @@ from torchrec_din.modules.interaction import (
     SumPoolingInteraction,
 )
 from torchrec_din.modules.mlp import ActivationMLP
-
-
-@torch.fx.wrap
-def _check_dense(dense_features: Tensor, batch_size: int, in_features: int) -> None:
-    if dense_features.dim() != 2 or dense_features.size(1) != in_features:
-        raise ValueError(
-            f"dense_features must be [B, {in_features}], got shape {list(dense_features.shape)}"
-        )
-    if dense_features.size(0) != batch_size:
-        raise ValueError(
-            f"dense_features has {dense_features.size(0)} rows but the sparse features "
-            f"hold {batch_size} samples"
-        )
 
 
 def _embedding_dim(embedding_collection: EmbeddingCollection) -> int:
@@ -59,6 +52,9 @@ class DINModel(nn.Module):
         over_arch_layer_sizes (Sequence[int]): hidden widths of the over arch.
         over_arch_activation (str): "prelu" or "dice" (any of ``make_activation``).
         dropout (float): dropout after each over-arch hidden layer.
+        validate_inputs (bool): check every batch (ids in range, lengths, keys, finite dense
+            features) with clear errors; costs one vectorised pass over the ids. Turn off in
+            production once the pipeline is trusted.
 
     Shapes:
         sequence_features: KJT over the collection's features (candidates: one id per
@@ -80,18 +76,31 @@ class DINModel(nn.Module):
         over_arch_layer_sizes: Sequence[int] = (200, 80),
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
+        validate_inputs: bool = True,
     ) -> None:
         super().__init__()
+        self.validate_inputs = validate_inputs
         self.embedding_collection = embedding_collection
         self.interaction = interaction
         self.embedding_bag_collection = embedding_bag_collection
         self.dense_in_features = dense_in_features
         self.pooled_keys: List[str] = []
+        # feature -> rows of its table, and -> table name, for input validation.
+        self.sequence_rows: Dict[str, int] = {}
+        self.pooled_rows: Dict[str, int] = {}
+        self.feature_tables: Dict[str, str] = {}
+        for config in embedding_collection.embedding_configs():
+            for f in config.feature_names:
+                self.sequence_rows[f] = config.num_embeddings
+                self.feature_tables[f] = config.name
         pooled_dim = 0
         if embedding_bag_collection is not None:
             for config in embedding_bag_collection.embedding_bag_configs():
                 self.pooled_keys.extend(config.feature_names)
                 pooled_dim += config.embedding_dim * len(config.feature_names)
+                for f in config.feature_names:
+                    self.pooled_rows[f] = config.num_embeddings
+                    self.feature_tables[f] = config.name
         in_features = 2 * interaction.output_dim + pooled_dim + dense_in_features
         self.over_arch = ActivationMLP(
             in_features, over_arch_layer_sizes, over_arch_activation, dropout
@@ -104,6 +113,12 @@ class DINModel(nn.Module):
         pooled_features: Optional[KeyedJaggedTensor] = None,
         dense_features: Optional[Tensor] = None,
     ) -> Tensor:
+        if self.validate_inputs:
+            validate_kjt(sequence_features, "sequence_features", self.sequence_rows,
+                         self.feature_tables)
+            if self.embedding_bag_collection is not None:
+                validate_kjt(pooled_features, "pooled_features", self.pooled_rows,
+                             self.feature_tables)
         embeddings = self.embedding_collection(sequence_features)
         candidates = self.interaction.candidates(embeddings)
         parts: List[Tensor] = [candidates, self.interaction(embeddings)]
@@ -112,7 +127,8 @@ class DINModel(nn.Module):
             pooled: Dict[str, Tensor] = self.embedding_bag_collection(pooled_features).to_dict()
             parts.extend([pooled[key] for key in self.pooled_keys])
         if self.dense_in_features > 0:
-            _check_dense(dense_features, candidates.size(0), self.dense_in_features)
+            if self.validate_inputs:
+                validate_dense(dense_features, candidates.size(0), self.dense_in_features)
             parts.append(dense_features)
         return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
 
@@ -129,7 +145,8 @@ class DIN(DINModel):
         attention_activation (str): "sigmoid", "dice", "prelu" or "relu".
         attention_normalization (str): "none" (the paper) or "softmax".
         use_outer_product (bool): outer product of e and v in the attention input.
-        over_arch_layer_sizes, over_arch_activation, dropout: see :class:`DINModel`.
+        over_arch_layer_sizes, over_arch_activation, dropout, validate_inputs: see
+            :class:`DINModel`.
 
     Example::
 
@@ -153,6 +170,7 @@ class DIN(DINModel):
         over_arch_layer_sizes: Sequence[int] = (200, 80),
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
+        validate_inputs: bool = True,
     ) -> None:
         interaction = DINInteraction(
             groups,
@@ -170,6 +188,7 @@ class DIN(DINModel):
             over_arch_layer_sizes,
             over_arch_activation,
             dropout,
+            validate_inputs,
         )
 
 
@@ -193,6 +212,7 @@ class BaseModel(DINModel):
         over_arch_layer_sizes: Sequence[int] = (200, 80),
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
+        validate_inputs: bool = True,
     ) -> None:
         interaction = SumPoolingInteraction(groups, _embedding_dim(embedding_collection))
         super().__init__(
@@ -203,6 +223,7 @@ class BaseModel(DINModel):
             over_arch_layer_sizes,
             over_arch_activation,
             dropout,
+            validate_inputs,
         )
 
 
@@ -234,5 +255,7 @@ class DINTrain(nn.Module):
         logits = self.model(
             batch.sequence_features, batch.pooled_features, batch.dense_features
         )
+        if self.model.validate_inputs:
+            validate_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())

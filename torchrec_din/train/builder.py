@@ -79,6 +79,7 @@ def build_model(table: SampleTable, config: Dict[str, Any],
         over_arch_layer_sizes=model_cfg["over_arch_layer_sizes"],
         over_arch_activation=model_cfg["over_arch_activation"],
         dropout=model_cfg["dropout"],
+        validate_inputs=model_cfg["validate_inputs"],
     )
     if model_cfg["name"] == "din":
         return DIN(

@@ -44,6 +44,7 @@ DEFAULTS: Dict[str, Any] = {
         "over_arch_layer_sizes": [200, 80],
         "over_arch_activation": "prelu",  # prelu | dice
         "dropout": 0.0,
+        "validate_inputs": True,       # check ids, lengths, keys, labels of every batch
     },
     "train": {
         "epochs": 5,
@@ -54,6 +55,7 @@ DEFAULTS: Dict[str, Any] = {
         "regularization": "none",     # none | l2 | mba (mini-batch aware, paper 4.2)
         "l2_lambda": 0.0,
         "progress": True,
+        "checkpoint_every": 200,      # batches between progress checkpoints (0: epoch ends only)
     },
 }
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -116,16 +117,55 @@ def _evaluate(model: DINModel, dataset: DINDataset, loader: DataLoader,
     return out
 
 
-def train(config: Dict[str, Any], output_dir: str) -> Dict[str, Any]:
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between batches."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal once the progress checkpoint is safely written."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; progress saved to "
+                         f"{checkpoint}; continue with --resume")
+        self.signum = signum
+
+
+def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict[str, Any]:
     """Train, pick the best epoch on validation GAUC, evaluate it on test.
 
     Writes to ``output_dir``: ``config.yaml`` (resolved), ``metrics.json`` (rewritten after
-    every epoch), ``curves.png``, ``best.pt`` (model of the best epoch) and ``last.pt``.
+    every epoch), ``curves.png``, ``best.pt`` (model of the best epoch) and ``last.pt`` (all
+    progress: model, optimizer, RNG, position in the epoch). ``last.pt`` is written every
+    ``train.checkpoint_every`` batches, at each epoch end, and on SIGTERM / Ctrl-C, always
+    atomically. ``resume=True`` continues from it and reaches the same results as an
+    uninterrupted run with the same seed.
 
     Returns:
         Dict[str, Any]: the content of metrics.json.
     """
     os.makedirs(output_dir, exist_ok=True)
+    last_path = os.path.join(output_dir, "last.pt")
+    checkpoint: Optional[Dict[str, Any]] = None
+    if resume:
+        checkpoint = load_checkpoint(last_path)
+        config = checkpoint["config"]
+        print(f"[resume] {last_path}: epoch {checkpoint['epoch']}, batch {checkpoint['batch']}")
     atomic_write_text(yaml.safe_dump(config, sort_keys=False), os.path.join(output_dir, "config.yaml"))
     seed = int(config["seed"])
     data_cfg, train_cfg = config["data"], config["train"]
@@ -153,54 +193,88 @@ def train(config: Dict[str, Any], output_dir: str) -> Dict[str, Any]:
     summary = table.summary()
     results: Dict[str, Any] = {"data": {"summary": summary, "meta": table.meta},
                                "epochs": [], "best_epoch": None}
-    print(f"[data] {table.meta.get('dataset', data_cfg['dataset'])} "
-          f"protocol={table.meta.get('protocol')}: "
+    meta = table.meta
+    print(f"[data] {meta.get('dataset', data_cfg['dataset'])} protocol={meta.get('protocol')}: "
           + ", ".join(f"{k} {v['samples']} samples / {v['users']} users" for k, v in summary.items()))
+    if meta.get("behaviours_cut"):
+        print(f"[data] max_history={meta['max_history']}: {meta['histories_truncated']} histories "
+              f"truncated, {meta['behaviours_cut']} oldest behaviours cut")
+    if meta.get("skipped_lines"):
+        print(f"[data] skipped malformed lines: {meta['skipped_lines']}")
     best_gauc = -float("inf")
-    metrics_path = os.path.join(output_dir, "metrics.json")
     train_speeds: List[float] = []
+    start_epoch, start_batch = 0, 0
+    totals = {"loss": 0.0, "samples": 0, "elapsed": 0.0}
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        torch.set_rng_state(checkpoint["rng"])
+        results, best_gauc = checkpoint["results"], checkpoint["best_gauc"]
+        train_speeds, totals = checkpoint["train_speeds"], checkpoint["totals"]
+        start_epoch, start_batch = checkpoint["epoch"], checkpoint["batch"]
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    checkpoint_every = int(train_cfg["checkpoint_every"])
 
-    for epoch in range(int(train_cfg["epochs"])):
-        model.train()
-        train_loader.sampler.set_epoch(epoch)
-        total_loss, total_samples, elapsed = 0.0, 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not progress,
-                   mininterval=1.0, unit="batch")
-        start = time.perf_counter()
-        for batch in bar:
-            loss, _ = train_model(batch)
-            if regularizer is not None:
-                loss = loss + regularizer([batch.sequence_features, batch.pooled_features])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss {loss.item()} at epoch {epoch}; the last good "
-                    f"model is {os.path.join(output_dir, 'last.pt')}")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            n = batch.batch_size
-            total_loss += loss.item() * n
-            total_samples += n
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / total_samples:.4f}",
-                            samples_per_s=f"{total_samples / elapsed:.0f}", refresh=False)
-        speed = total_samples / max(elapsed, 1e-9)
-        train_speeds.append(speed)
-        valid = _evaluate(model, datasets["valid"], eval_loaders["valid"], progress, "valid")
-        record = {"epoch": epoch, "train_loss": total_loss / max(total_samples, 1),
-                  "train_samples_per_sec": speed, "valid": valid}
-        results["epochs"].append(record)
-        print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
-              f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s")
-        state = {"model": model.state_dict(), "epoch": epoch, "config": config}
-        atomic_save({**state, "optimizer": optimizer.state_dict()},
-                    os.path.join(output_dir, "last.pt"))
-        if valid["gauc"] > best_gauc:
-            best_gauc = valid["gauc"]
-            results["best_epoch"] = epoch
-            atomic_save(state, os.path.join(output_dir, "best.pt"))
-        atomic_write_text(json.dumps(results, indent=2), metrics_path)
-        plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
+    def save_progress(epoch: int, batch: int) -> None:
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "rng": torch.get_rng_state(), "epoch": epoch, "batch": batch,
+                     "totals": dict(totals), "results": results, "best_gauc": best_gauc,
+                     "train_speeds": list(train_speeds), "config": config}, last_path)
+
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, int(train_cfg["epochs"])):
+            model.train()
+            skip = start_batch if epoch == start_epoch else 0
+            if skip == 0:
+                totals = {"loss": 0.0, "samples": 0, "elapsed": 0.0}
+            train_loader.sampler.set_epoch(epoch, skip_batches=skip)
+            bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not progress,
+                       mininterval=1.0, unit="batch", initial=skip,
+                       total=skip + len(train_loader.sampler))
+            start = time.perf_counter() - totals["elapsed"]
+            for step, batch in enumerate(bar, start=skip + 1):
+                loss, _ = train_model(batch)
+                if regularizer is not None:
+                    loss = loss + regularizer([batch.sequence_features, batch.pooled_features])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch "
+                        f"{step}; stopped before the update. The last good progress is "
+                        f"{last_path} (resume with --resume after lowering the learning rate)")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                n = batch.batch_size
+                totals["loss"] += loss.item() * n
+                totals["samples"] += n
+                totals["elapsed"] = time.perf_counter() - start
+                bar.set_postfix(loss=f"{totals['loss'] / totals['samples']:.4f}",
+                                samples_per_s=f"{totals['samples'] / totals['elapsed']:.0f}",
+                                refresh=False)
+                if stop.signal is not None or (checkpoint_every and step % checkpoint_every == 0):
+                    save_progress(epoch, step)
+                    if stop.signal is not None:
+                        bar.close()
+                        raise TrainingInterrupted(stop.signal, last_path)
+            bar.close()
+            speed = totals["samples"] / max(totals["elapsed"], 1e-9)
+            train_speeds.append(speed)
+            valid = _evaluate(model, datasets["valid"], eval_loaders["valid"], progress, "valid")
+            record = {"epoch": epoch, "train_loss": totals["loss"] / max(totals["samples"], 1),
+                      "train_samples_per_sec": speed, "valid": valid}
+            results["epochs"].append(record)
+            print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
+                  f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s")
+            if valid["gauc"] > best_gauc:
+                best_gauc = valid["gauc"]
+                results["best_epoch"] = epoch
+                atomic_save({"model": model.state_dict(), "epoch": epoch, "config": config},
+                            os.path.join(output_dir, "best.pt"))
+            save_progress(epoch + 1, 0)
+            atomic_write_text(json.dumps(results, indent=2), metrics_path)
+            plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
+            if stop.signal is not None:
+                raise TrainingInterrupted(stop.signal, last_path)
 
     best = load_checkpoint(os.path.join(output_dir, "best.pt"))
     model.load_state_dict(best["model"])

@@ -1,0 +1,97 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from torchrec_din.cli import main
+from torchrec_din.models import DINTrain
+from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
+
+SMALL = [
+    "data.synthetic.num_users=1000", "data.synthetic.num_items=300", "data.synthetic.num_cates=8",
+    "data.synthetic.samples_per_user=20", "data.synthetic.max_length=40",
+    "train.epochs=3", "train.batch_size=128", "train.learning_rate=0.01",
+    "train.progress=false", "train.checkpoint_every=10", "model.dropout=0.2",
+]
+
+
+def _args(out, cache, extra=()):
+    args = ["train", "--config", "configs/synthetic_din.yaml", "--output-dir", str(out)]
+    for s in SMALL + [f"data.cache_dir={cache}"] + list(extra):
+        args += ["--set", s]
+    return args
+
+
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    assert main(_args(tmp_path / "full", cache)) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torchrec_din", *_args(out, cache)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    last = out / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "progress saved" in output and "--resume" in output
+    ckpt = load_checkpoint(str(last))
+    assert (ckpt["epoch"], ckpt["batch"]) < (3, 0), "the run was interrupted before its end"
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+    assert main(_args(out, cache) + ["--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == full["test"][key], key
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in full["epochs"]]
+    assert resumed["best_epoch"] == full["best_epoch"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys) -> None:
+    calls = {"n": 0}
+    original = DINTrain.forward
+
+    def poisoned(self, batch):
+        loss, rest = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 25:
+            loss = loss * float("nan")
+        return loss, rest
+
+    monkeypatch.setattr(DINTrain, "forward", poisoned)
+    assert main(_args(tmp_path / "nan", tmp_path / "cache")) == 1
+    err = capsys.readouterr().err
+    assert "non-finite training loss (nan) at epoch 0, batch 25" in err
+    ckpt = load_checkpoint(str(tmp_path / "nan" / "last.pt"))
+    assert ckpt["batch"] == 20  # the last checkpoint before the bad batch, untouched
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    path = str(tmp_path / "last.pt")
+    atomic_save({"step": 1}, path)
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        atomic_save({"step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"step": 1}
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_bad_config_key_is_reported(capsys) -> None:
+    assert main(["train", "--config", "configs/synthetic_din.yaml", "--set", "train.epoch=1"]) == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
