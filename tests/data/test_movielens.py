@@ -153,3 +153,15 @@ def test_cache_reuses_and_rebuilds(tmp_path, copied) -> None:
         f.write("1\t1\t5\t999999999\n")
     load_movielens_100k(cache_dir=str(cache), data_dir=str(copied), protocol="rating")
     assert len(os.listdir(cache)) == 3  # changed input file rebuilds
+
+
+def test_duplicate_interaction_is_detected_as_leakage(copied) -> None:
+    from torchrec_din.data.samples import DataLeakageError
+
+    with open(copied / FILES[0], "a") as f:
+        f.write("196\t242\t3\t881250949\n")  # the file's first rating, again
+    with pytest.raises(DataLeakageError, match=r"1 interaction\(s\) repeat .* timestamp 881250949"):
+        read_movielens_100k(data_dir=str(copied))
+    table = read_movielens_100k(data_dir=str(copied), duplicates="drop")
+    assert table.meta["duplicates_dropped"] == 1
+    assert len(table) == 2 * (100_000 - 943)

@@ -57,6 +57,7 @@ def read_amazon_electronics(
     test_per_user: int = 1,
     seed: int = 0,
     skip_malformed: bool = False,
+    duplicates: str = "error",
 ) -> SampleTable:
     """Parse the two files and build next-item samples (no cache)."""
     skips = SkipCounter(skip_malformed)
@@ -96,7 +97,7 @@ def read_amazon_electronics(
     vocab = {"item": len(item_ids) + 1, "cate": len(cate_ids) + 1, "user": len(user_ids) + 1}
     table = build_from_interactions(
         users, items, times, None, item_cate, {"user": np.arange(vocab["user"], dtype=np.int64)},
-        vocab, "next_item", valid_per_user, test_per_user, seed)
+        vocab, "next_item", valid_per_user, test_per_user, seed, duplicates=duplicates)
     table.meta.update({"dataset": "amazon-electronics", "source": data_dir,
                        "interactions": len(reviews), "skipped_lines": skips.skipped,
                        "first_skipped": skips.first})

@@ -68,6 +68,7 @@ def read_movielens_100k(
     positive_threshold: float = 4.0,
     seed: int = 0,
     skip_malformed: bool = False,
+    duplicates: str = "error",
 ) -> SampleTable:
     """Parse the files and build samples (no cache; see :func:`load_movielens_100k`)."""
     if genre not in ("first", "combination"):
@@ -137,7 +138,7 @@ def read_movielens_100k(
     table = build_from_interactions(
         np.asarray(u_col, dtype=np.int64), np.asarray(i_col, dtype=np.int64),
         np.asarray(t_col), np.asarray(r_col), cate_of_item, user_features, vocab,
-        protocol, valid_per_user, test_per_user, seed, positive_threshold,
+        protocol, valid_per_user, test_per_user, seed, positive_threshold, duplicates,
     )
     table.meta.update({"dataset": "movielens-100k", "genre": genre, "source": folder,
                        "interactions": len(u_col), "skipped_lines": skips.skipped,

@@ -171,6 +171,22 @@ def sample_negatives(
     return out
 
 
+class DataLeakageError(ValueError):
+    """A sample's history would contain information from its own or a later event."""
+
+
+def _duplicate_mask(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """False for every repeat of an earlier (user, item, timestamp) in input order."""
+    order = np.lexsort((np.arange(users.size), timestamps, items, users))
+    same = np.zeros(users.size, dtype=bool)
+    if users.size > 1:
+        u, i, t = users[order], items[order], timestamps[order]
+        same[1:] = (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])
+    keep = np.ones(users.size, dtype=bool)
+    keep[order[same]] = False
+    return keep
+
+
 def build_from_interactions(
     users: np.ndarray,
     items: np.ndarray,
@@ -184,6 +200,7 @@ def build_from_interactions(
     test_per_user: int,
     seed: int,
     positive_threshold: float = 4.0,
+    duplicates: str = "error",
 ) -> SampleTable:
     """Build samples from interactions (already remapped to dense ids; 0 = unknown).
 
@@ -199,11 +216,30 @@ def build_from_interactions(
     Splits are in time: per user, the last ``test_per_user`` evaluated interactions go to
     test, the ``valid_per_user`` before them to validation, the rest to train. A history only
     ever holds interactions earlier than its candidate.
+
+    Leakage check: the same (user, item, timestamp) twice would put a candidate into its own
+    history at the same timestamp. ``duplicates="error"`` (default) raises a
+    :class:`DataLeakageError` naming the user and item; ``"drop"`` keeps the first copy and
+    counts the dropped ones in ``meta["duplicates_dropped"]``.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
     if protocol == "rating" and ratings is None:
         raise ValueError("protocol 'rating' needs ratings")
+    if duplicates not in ("error", "drop"):
+        raise ValueError(f"duplicates must be 'error' or 'drop', got {duplicates!r}")
+    keep = _duplicate_mask(users, items, timestamps)
+    dropped = int((~keep).sum())
+    if dropped and duplicates == "error":
+        first = int(np.nonzero(~keep)[0][0])
+        raise DataLeakageError(
+            f"{dropped} interaction(s) repeat an earlier (user, item, timestamp), e.g. user id "
+            f"{int(users[first])}, item id {int(items[first])}, timestamp {timestamps[first]}: "
+            "the candidate would appear in its own history at the same time. Fix the data or "
+            "set data.duplicates=drop")
+    users, items, timestamps = users[keep], items[keep], timestamps[keep]
+    if ratings is not None:
+        ratings = ratings[keep]
     rng = np.random.default_rng(seed)
     num_users = vocab["user"]
     order = np.lexsort((timestamps, users))  # by user, then time; lexsort is stable
@@ -270,7 +306,7 @@ def build_from_interactions(
         user_features=user_features,
         vocab=vocab,
         meta={"protocol": protocol, "valid_per_user": valid_per_user,
-              "test_per_user": test_per_user, "seed": seed},
+              "test_per_user": test_per_user, "seed": seed, "duplicates_dropped": dropped},
     )
 
 

@@ -27,7 +27,7 @@ def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
             genre=data["genre"], valid_per_user=data["valid_per_user"],
             test_per_user=data["test_per_user"],
             positive_threshold=data["positive_threshold"], seed=seed,
-            skip_malformed=data["skip_malformed"],
+            skip_malformed=data["skip_malformed"], duplicates=data["duplicates"],
         )
     elif name == "amazon-electronics":
         from torchrec_din.data.amazon import load_amazon_electronics
@@ -38,7 +38,7 @@ def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
         table = load_amazon_electronics(
             data["data_dir"], cache_dir=cache_dir, valid_per_user=data["valid_per_user"],
             test_per_user=data["test_per_user"], seed=seed,
-            skip_malformed=data["skip_malformed"])
+            skip_malformed=data["skip_malformed"], duplicates=data["duplicates"])
     elif name == "synthetic":
         from torchrec_din.data.synthetic import generate_synthetic
 

@@ -18,7 +18,8 @@ DEFAULTS: Dict[str, Any] = {
         "test_per_user": 5,
         "positive_threshold": 4.0,
         "max_history": 100,           # keep the most recent behaviours (0: keep all)
-        "skip_malformed": False,
+        "skip_malformed": False,       # skip (and count) malformed raw lines instead of failing
+        "duplicates": "error",         # repeated (user, item, timestamp): error | drop
         "data_dir": None,
         "cache_dir": ".cache/torchrec_din",
         "pooled_features": ["user", "age", "gender", "occupation"],
