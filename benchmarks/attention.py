@@ -244,7 +244,7 @@ def plot(results: Dict, path: str) -> None:
     axes[1].plot(n, ms, marker="o")
     axes[1].set_xlabel("total behaviours N (B = 1024)")
     axes[1].set_ylabel("ms")
-    axes[1].set_title("ours: time grows linearly with N")
+    axes[1].set_title("ours: time vs total behaviours N")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -71,10 +71,18 @@ def run_ours(data: dict, warmup: int, batches: int) -> None:
         f"model.pooled_embedding_dim={EMB}", "model.attention_hidden_units=[80, 40]",
         "model.over_arch_layer_sizes=[200, 80]", "model.validate_inputs=false"])
     torch.manual_seed(0)
-    model = DINTrain(build_model(table, config))
+    model = DINTrain(build_model(table.vocab, config))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = make_loader(DINDataset(table, "all", ["user"]), BATCH, shuffle=True, seed=0)
-    it = iter(loader)
+
+    def epochs():
+        epoch = 0
+        while True:
+            loader.sampler.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    it = epochs()
     start, seen = None, 0
     for step in range(warmup + batches):
         if step == warmup:

@@ -37,7 +37,7 @@ def main() -> None:
     models = {}
     for flag in (True, False):
         torch.manual_seed(0)
-        model = build_model(table, config)
+        model = build_model(table.vocab, config)
         model.validate_inputs = flag
         train_model = DINTrain(model)
         models[flag] = (train_model, torch.optim.Adam(model.parameters(), lr=1e-3))

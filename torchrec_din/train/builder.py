@@ -49,28 +49,29 @@ def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
     return table.with_max_history(data["max_history"])
 
 
-def table_configs(table: SampleTable, model: Dict[str, Any],
+def table_configs(vocab: Dict[str, int], model: Dict[str, Any],
                   pooled_features: List[str]) -> Dict[str, Any]:
     dim = model["embedding_dim"]
     sequence = [
-        EmbeddingConfig(name=name, embedding_dim=dim, num_embeddings=table.vocab[name],
+        EmbeddingConfig(name=name, embedding_dim=dim, num_embeddings=vocab[name],
                         feature_names=[cand, hist])
         for name, cand, hist in zip(CANDIDATE_FEATURES, CANDIDATE_FEATURES, HISTORY_FEATURES)
     ]
     pooled = [
         EmbeddingBagConfig(name=f, embedding_dim=model["pooled_embedding_dim"],
-                           num_embeddings=table.vocab[f], feature_names=[f])
+                           num_embeddings=vocab[f], feature_names=[f])
         for f in pooled_features
     ]
     return {"sequence": sequence, "pooled": pooled}
 
 
-def build_model(table: SampleTable, config: Dict[str, Any],
+def build_model(vocab: Dict[str, int], config: Dict[str, Any],
                 device: torch.device = torch.device("cpu")) -> DINModel:
-    """DIN or BaseModel for the table's vocabularies, as ``config["model"]`` says."""
+    """DIN or BaseModel for the given vocabularies (table name -> rows), as ``config["model"]``
+    says."""
     model_cfg = config["model"]
     pooled_features = list(config["data"]["pooled_features"])
-    tables = table_configs(table, model_cfg, pooled_features)
+    tables = table_configs(vocab, model_cfg, pooled_features)
     ec = EmbeddingCollection(tables=tables["sequence"], device=device)
     ebc = EmbeddingBagCollection(tables=tables["pooled"], device=device) if tables["pooled"] else None
     groups = [AttentionGroup("behaviour", CANDIDATE_FEATURES, HISTORY_FEATURES)]

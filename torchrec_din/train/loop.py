@@ -185,7 +185,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     eval_loaders = {s: make_loader(datasets[s], train_cfg["eval_batch_size"], False, seed, workers)
                     for s in ("valid", "test")}
 
-    model = build_model(table, config)
+    model = build_model(table.vocab, config)
     train_model = DINTrain(model)
     optimizer = make_optimizer(model, train_cfg)
     regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
@@ -268,7 +268,8 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
             if valid["gauc"] > best_gauc:
                 best_gauc = valid["gauc"]
                 results["best_epoch"] = epoch
-                atomic_save({"model": model.state_dict(), "epoch": epoch, "config": config},
+                atomic_save({"model": model.state_dict(), "epoch": epoch, "config": config,
+                             "vocab": table.vocab},
                             os.path.join(output_dir, "best.pt"))
             save_progress(epoch + 1, 0)
             atomic_write_text(json.dumps(results, indent=2), metrics_path)

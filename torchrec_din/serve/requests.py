@@ -1,0 +1,97 @@
+"""Scoring requests in JSON Lines: one user per line, many candidates each.
+
+A line::
+
+    {"id": "u1", "user": {"user": 12, "age": 3, "gender": 1, "occupation": 5},
+     "history": {"item": [5, 9, 31], "cate": [2, 2, 7]},
+     "candidates": {"item": [40, 41], "cate": [3, 2]},
+     "dense": []}
+
+Ids are the data set's dense ids (those in training). The output line is
+``{"id": "u1", "scores": [p_40, p_41]}`` with click probabilities in candidate order.
+"""
+
+import json
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+class RequestError(ValueError):
+    """A malformed request line; the message names the line."""
+
+
+def _ids(obj: Any, where: str, line: int) -> List[int]:
+    if not isinstance(obj, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in obj):
+        raise RequestError(f"line {line}: {where} must be a list of integer ids, got {obj!r:.80}")
+    return obj
+
+
+def parse_request(text: str, line: int, features: Sequence[str], pooled: Sequence[str],
+                  rows: Dict[str, int], dense_in_features: int) -> Dict[str, Any]:
+    """Validate one request line against the model's features and table sizes."""
+    try:
+        req = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(f"line {line}: not valid JSON ({e.msg})") from None
+    if not isinstance(req, dict):
+        raise RequestError(f"line {line}: expected a JSON object")
+    for key in ("history", "candidates"):
+        if not isinstance(req.get(key), dict):
+            raise RequestError(f"line {line}: missing object {key!r} with lists {list(features)}")
+    hist = [_ids(req["history"].get(f), f"history.{f}", line) for f in features]
+    cand = [_ids(req["candidates"].get(f), f"candidates.{f}", line) for f in features]
+    for name, cols in (("history", hist), ("candidates", cand)):
+        if len({len(c) for c in cols}) > 1:
+            raise RequestError(f"line {line}: {name} lists {list(features)} differ in length "
+                               f"({[len(c) for c in cols]})")
+    if not cand[0]:
+        raise RequestError(f"line {line}: no candidates")
+    user = req.get("user", {})
+    if pooled and not isinstance(user, dict):
+        raise RequestError(f"line {line}: 'user' must be an object with {list(pooled)}")
+    pooled_ids = []
+    for f in pooled:
+        value = user.get(f)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RequestError(f"line {line}: user.{f} must be an integer id, got {value!r}")
+        pooled_ids.append(value)
+    for f, cols in zip(features, zip(hist, cand)):
+        for where, values in zip(("history", "candidates"), cols):
+            bad = [v for v in values if not 0 <= v < rows[f]]
+            if bad:
+                raise RequestError(f"line {line}: {where}.{f} id {bad[0]} out of range "
+                                   f"[0, {rows[f]})")
+    for f, value in zip(pooled, pooled_ids):
+        if not 0 <= value < rows[f]:
+            raise RequestError(f"line {line}: user.{f} id {value} out of range [0, {rows[f]})")
+    dense = req.get("dense", [])
+    if not isinstance(dense, list) or len(dense) != dense_in_features:
+        raise RequestError(f"line {line}: dense must be a list of {dense_in_features} numbers")
+    return {"id": req.get("id", line), "history": hist, "candidates": cand,
+            "pooled": pooled_ids, "dense": [float(x) for x in dense]}
+
+
+def read_requests(path: str, features: Sequence[str], pooled: Sequence[str],
+                  rows: Dict[str, int], dense_in_features: int) -> Iterator[Dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if text.strip():
+                yield parse_request(text, number, features, pooled, rows, dense_in_features)
+
+
+def to_tensors(requests: List[Dict[str, Any]]) -> Tuple[Tensor, ...]:
+    """Scorer inputs for a list of parsed requests (users back to back)."""
+    hist = [torch.tensor(r["history"], dtype=torch.long).reshape(len(r["history"]), -1).t()
+            for r in requests]
+    cand = [torch.tensor(r["candidates"], dtype=torch.long).t() for r in requests]
+    return (
+        torch.cat(hist, 0),
+        torch.tensor([h.size(0) for h in hist], dtype=torch.long),
+        torch.cat(cand, 0),
+        torch.tensor([c.size(0) for c in cand], dtype=torch.long),
+        torch.tensor([r["pooled"] for r in requests], dtype=torch.long).reshape(len(requests), -1),
+        torch.tensor([r["dense"] for r in requests], dtype=torch.float32).reshape(len(requests), -1),
+    )
