@@ -1,4 +1,9 @@
-"""Command line: ``python -m torchrec_din train --config FILE [--set k=v ...] [--output-dir DIR]``."""
+"""Command line.
+
+``python -m torchrec_din train --config FILE [--set k=v ...] [--output-dir DIR] [--resume]``
+``python -m torchrec_din export --checkpoint RUN_DIR --output scorer.pt``
+``python -m torchrec_din score --checkpoint RUN_DIR --input requests.jsonl --output scores.jsonl``
+"""
 
 import argparse
 import os
@@ -19,8 +24,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "(default runs/<config name>)")
     p_train.add_argument("--resume", action="store_true",
                          help="continue the run in --output-dir from its last.pt")
+    p_export = sub.add_parser("export", help="TorchScript the multi-candidate scorer of a run")
+    p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
+    p_export.add_argument("--output", required=True, help="file for torch.jit.save")
+    p_score = sub.add_parser("score", help="score JSON Lines requests: one user, many candidates "
+                                           "per line")
+    p_score.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
+    p_score.add_argument("--input", required=True, help="requests, one JSON object per line")
+    p_score.add_argument("--output", required=True, help="scores, one JSON object per line")
+    p_score.add_argument("--batch-users", type=int, default=256, help="users scored together")
     args = parser.parse_args(argv)
 
+    if args.command in ("export", "score"):
+        return _serve(args)
     if args.command == "train":
         from torchrec_din.data.raw import DataFormatError
         from torchrec_din.train import load_config, train
@@ -43,6 +59,50 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
               f"  -> {os.path.join(out, 'metrics.json')}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from torchrec_din.serve import DINScorer, export_scorer, load_trained
+    from torchrec_din.serve.requests import read_requests, RequestError, to_tensors
+    from torchrec_din.train.checkpoint import atomic_write_text
+
+    try:
+        model, state = load_trained(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.command == "export":
+        export_scorer(model, args.output)
+        print(f"[export] TorchScript scorer of {args.checkpoint} (epoch {state.get('epoch')}) "
+              f"-> {args.output}")
+        return 0
+    scorer = DINScorer(model).eval()
+    vocab = state["vocab"]
+    rows = {f: vocab[f] for f in scorer.features + scorer.pooled_features}
+    try:
+        requests = list(read_requests(args.input, scorer.features, scorer.pooled_features, rows,
+                                      scorer.dense_in_features))
+    except (RequestError, FileNotFoundError) as e:
+        print(f"error: {args.input}: {e}", file=sys.stderr)
+        return 1
+    lines = []
+    with torch.no_grad():
+        for start in range(0, len(requests), args.batch_users):
+            chunk = requests[start:start + args.batch_users]
+            probs = torch.sigmoid(scorer(*to_tensors(chunk))).tolist()
+            offset = 0
+            for r in chunk:
+                k = len(r["candidates"][0])
+                lines.append(json.dumps({"id": r["id"], "scores": probs[offset:offset + k]}))
+                offset += k
+    atomic_write_text("\n".join(lines) + "\n", args.output)
+    print(f"[score] {len(requests)} users, {sum(len(r['candidates'][0]) for r in requests)} "
+          f"candidates -> {args.output}")
     return 0
 
 

@@ -146,9 +146,10 @@ class DINScorer(nn.Module):
                                    device=e.device).index_add(0, seg, e)
             interest = per_user.index_select(0, cand_user)
         parts: List[Tensor] = [v, interest]
-        offsets = users
         for i, bag in enumerate(self.bags):
-            parts.append(bag(pooled_ids[:, i], offsets).index_select(0, cand_user))
+            # 2-D input: one bag of one id per user (no offsets, whatever the bag's
+            # include_last_offset setting).
+            parts.append(bag(pooled_ids[:, i:i + 1]).index_select(0, cand_user))
         if self.dense_in_features > 0:
             parts.append(dense.index_select(0, cand_user))
         return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_din.cli import main
+from torchrec_din.serve import DINScorer, export_scorer, load_trained
+from torchrec_din.serve.requests import parse_request, RequestError, to_tensors
+from torchrec_din.train.builder import build_model
+from torchrec_din.train.checkpoint import atomic_save
+from torchrec_din.train.config import load_config
+
+VOCAB = {"item": 60, "cate": 9, "user": 30, "age": 5}
+# (history items, history cates, candidate items, candidate cates, user, age) per user
+USERS = [
+    ([5, 9, 31], [2, 2, 7], [40, 41, 5], [3, 2, 2], 12, 3),
+    ([], [], [7, 8], [1, 1], 3, 0),
+    ([1], [4], [2], [4], 29, 4),
+    (list(range(10, 50)), [i % 9 for i in range(40)], [11, 12, 13, 59], [2, 3, 4, 8], 0, 1),
+]
+
+
+def _model(**overrides):
+    sets = ["data.pooled_features=[user, age]", "model.embedding_dim=8",
+            "model.pooled_embedding_dim=4"] + [f"model.{k}={v}" for k, v in overrides.items()]
+    config = load_config(None, sets)
+    torch.manual_seed(0)
+    model = build_model(VOCAB, config)
+    # move Dice running statistics away from their initial values
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.uniform_(0.5, 1.5)
+    return model.eval(), config
+
+
+def _row_by_row(model):
+    """Each (user, candidate) as an independent row of the training model."""
+    keys = ["item", "cate", "hist_item", "hist_cate"]
+    values, lengths, pooled = [[] for _ in keys], [[] for _ in keys], []
+    for hi, hc, ci, cc, u, a in USERS:
+        for item, cate in zip(ci, cc):
+            for k, vals in enumerate([[item], [cate], hi, hc]):
+                values[k] += vals
+                lengths[k].append(len(vals))
+            pooled.append((u, a))
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.tensor(sum(values, []), dtype=torch.long),
+                            lengths=torch.tensor(sum(lengths, []), dtype=torch.long))
+    n = len(pooled)
+    pooled_kjt = KeyedJaggedTensor(
+        keys=["user", "age"], values=torch.tensor([p[0] for p in pooled] + [p[1] for p in pooled]),
+        lengths=torch.ones(2 * n, dtype=torch.long))
+    return model(kjt, pooled_kjt, torch.zeros(n, 0))
+
+
+def _requests():
+    return [{"id": i, "history": [hi, hc], "candidates": [ci, cc], "pooled": [u, a], "dense": []}
+            for i, (hi, hc, ci, cc, u, a) in enumerate(USERS)]
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"attention_activation": "dice", "attention_normalization": "softmax",
+     "over_arch_activation": "dice"},
+    {"name": "base"},
+])
+def test_multi_candidate_equals_row_by_row_and_script(overrides) -> None:
+    model, _ = _model(**overrides)
+    expected = _row_by_row(model)
+    scorer = DINScorer(model).eval()
+    inputs = to_tensors(_requests())
+    torch.testing.assert_close(scorer(*inputs), expected, rtol=1e-5, atol=1e-5)
+    scripted = torch.jit.script(scorer)
+    torch.testing.assert_close(scripted(*inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_roundtrip_and_score_cli(tmp_path) -> None:
+    model, config = _model(attention_activation="dice")
+    run = tmp_path / "run"
+    atomic_save({"model": model.state_dict(), "config": config, "vocab": VOCAB, "epoch": 0},
+                str(run / "best.pt"))
+    loaded, _ = load_trained(str(run))
+    expected = _row_by_row(model)
+    path = str(tmp_path / "scorer.pt")
+    export_scorer(loaded, path)
+    torch.testing.assert_close(torch.jit.load(path)(*to_tensors(_requests())), expected,
+                               rtol=1e-5, atol=1e-5)
+
+    requests = tmp_path / "requests.jsonl"
+    with open(requests, "w") as f:
+        for i, (hi, hc, ci, cc, u, a) in enumerate(USERS):
+            f.write(json.dumps({"id": f"u{i}", "user": {"user": u, "age": a},
+                                "history": {"item": hi, "cate": hc},
+                                "candidates": {"item": ci, "cate": cc}}) + "\n")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--checkpoint", str(run), "--input", str(requests),
+                 "--output", str(out), "--batch-users", "3"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["u0", "u1", "u2", "u3"]
+    scores = torch.tensor(sum((x["scores"] for x in lines), []))
+    torch.testing.assert_close(scores, torch.sigmoid(expected), rtol=1e-5, atol=1e-6)
+
+
+ROWS = {"item": 60, "cate": 9, "user": 30, "age": 5}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "line 7: not valid JSON"),
+    ('{"history": {"item": [1], "cate": [1]}}', "line 7: missing object 'candidates'"),
+    ('{"user": {"user": 1, "age": 1}, "history": {"item": [1, 2], "cate": [1]}, '
+     '"candidates": {"item": [3], "cate": [1]}}', r"history lists \['item', 'cate'\] differ"),
+    ('{"user": {"user": 1, "age": 1}, "history": {"item": [1], "cate": [1]}, '
+     '"candidates": {"item": [60], "cate": [1]}}', r"candidates.item id 60 out of range \[0, 60\)"),
+    ('{"user": {"user": 1}, "history": {"item": [1], "cate": [1]}, '
+     '"candidates": {"item": [3], "cate": [1]}}', "user.age must be an integer id"),
+    ('{"user": {"user": 1, "age": 1}, "history": {"item": [1], "cate": [1]}, '
+     '"candidates": {"item": [], "cate": []}}', "line 7: no candidates"),
+])
+def test_malformed_requests_name_the_line(text, message) -> None:
+    with pytest.raises(RequestError, match=message):
+        parse_request(text, 7, ["item", "cate"], ["user", "age"], ROWS, 0)
+
+
+def test_score_cli_reports_bad_line(tmp_path, capsys) -> None:
+    model, config = _model()
+    run = tmp_path / "run"
+    atomic_save({"model": model.state_dict(), "config": config, "vocab": VOCAB, "epoch": 0},
+                str(run / "best.pt"))
+    requests = tmp_path / "r.jsonl"
+    requests.write_text('{"user": {"user": 1, "age": 1}, "history": {"item": [1], "cate": [1]}, '
+                        '"candidates": {"item": [3], "cate": [1]}}\n{oops\n')
+    assert main(["score", "--checkpoint", str(run), "--input", str(requests),
+                 "--output", str(tmp_path / "s.jsonl")]) == 1
+    assert "line 2: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "s.jsonl").exists()
