@@ -3,6 +3,7 @@
 ``python -m torchrec_din train --config FILE [--set k=v ...] [--output-dir DIR] [--resume]``
 ``python -m torchrec_din export --checkpoint RUN_DIR --output scorer.pt``
 ``python -m torchrec_din score --checkpoint RUN_DIR --input requests.jsonl --output scores.jsonl``
+``python -m torchrec_din plan --config FILE --world-size N [--compute-device cuda] [--set ...]``
 """
 
 import argparse
@@ -33,8 +34,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_score.add_argument("--input", required=True, help="requests, one JSON object per line")
     p_score.add_argument("--output", required=True, help="scores, one JSON object per line")
     p_score.add_argument("--batch-users", type=int, default=256, help="users scored together")
+    p_plan = sub.add_parser("plan", help="print the TorchRec planner's sharding plan and per-rank "
+                                         "memory for a config (model on the meta device)")
+    p_plan.add_argument("--config", required=True)
+    p_plan.add_argument("--world-size", type=int, required=True)
+    p_plan.add_argument("--compute-device", choices=["cuda", "cpu"], default="cuda")
+    p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="e.g. --set tables.item.num_embeddings=1000000000")
     args = parser.parse_args(argv)
 
+    if args.command == "plan":
+        from torchrec_din.distributed.planning import print_plan
+        from torchrec_din.train import load_config
+        from torchrec_din.train.builder import build_table
+
+        try:
+            config = load_config(args.config, args.set)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            print(f"error: bad config: {e}", file=sys.stderr)
+            return 2
+        vocab = build_table(config["data"], int(config["seed"])).vocab
+        print_plan(config, vocab, args.world_size, args.compute_device)
+        return 0
     if args.command in ("export", "score"):
         return _serve(args)
     if args.command == "train":

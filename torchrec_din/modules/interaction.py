@@ -78,11 +78,14 @@ def _check_same_lengths(first: str, other: str, a: JaggedTensor, b: JaggedTensor
 
 @torch.fx.wrap
 def _get_feature(embeddings: Dict[str, JaggedTensor], name: str) -> JaggedTensor:
-    if name not in embeddings:
+    # Index rather than test membership: a sharded collection returns a LazyAwaitable dict,
+    # which resolves on __getitem__ but not on ``in``.
+    try:
+        return embeddings[name]
+    except KeyError:
         raise ValueError(
-            f"feature {name!r} is missing from the embeddings; got {sorted(embeddings)}"
-        )
-    return embeddings[name]
+            f"feature {name!r} is missing from the embeddings; got {sorted(embeddings.keys())}"
+        ) from None
 
 
 def group_candidates(embeddings: Dict[str, JaggedTensor], group: AttentionGroup) -> Tensor:

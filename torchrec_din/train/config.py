@@ -8,8 +8,13 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+# Sections whose keys are free-form (checked where they are used).
+OPEN_SECTIONS = ("tables",)
+
 DEFAULTS: Dict[str, Any] = {
     "seed": 0,
+    # Per-table overrides for sharding: {name: {num_embeddings, sharding_types, compute_kernels}}
+    "tables": {},
     "data": {
         "dataset": "movielens-100k",  # movielens-100k | amazon-electronics | synthetic
         "protocol": "next_item",      # next_item | rating
@@ -65,12 +70,27 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], path: str = "") -> Dict
     out = copy.deepcopy(base)
     for key, value in update.items():
         full = f"{path}{key}"
+        if path == "" and key in OPEN_SECTIONS:
+            out[key] = _merge_open(base[key], value, key)
+            continue
         if key not in base:
             raise KeyError(f"unknown config key {full!r}; known keys here: {sorted(base)}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {full!r} must be a mapping, got {value!r}")
             out[key] = _merge(base[key], value, full + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_open(base: Dict[str, Any], update: Any, path: str) -> Dict[str, Any]:
+    if not isinstance(update, dict):
+        raise ValueError(f"config key {path!r} must be a mapping, got {update!r}")
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_open(out[key], value, f"{path}.{key}")
         else:
             out[key] = value
     return out
