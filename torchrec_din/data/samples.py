@@ -9,11 +9,12 @@ disk (``.npz``, written atomically, keyed by a fingerprint of inputs and protoco
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from torchrec_din.io import atomic_write
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 PROTOCOLS = ("next_item", "rating")
@@ -114,25 +115,13 @@ _ARRAYS = ["seq_item", "seq_cate", "seq_offsets", "user_row", "hist_start", "his
 
 def save_table(table: SampleTable, path: str) -> None:
     """Write the table to ``path`` (.npz) atomically: temp file in the same folder + rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     arrays = {name: getattr(table, name) for name in _ARRAYS}
     for name, values in table.user_features.items():
         arrays[f"user_feature__{name}"] = values
     header = json.dumps({"vocab": table.vocab, "meta": table.meta,
                          "user_features": list(table.user_features)})
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_table(path: str) -> SampleTable:

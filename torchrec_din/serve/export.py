@@ -1,11 +1,11 @@
 """Load a trained model from its checkpoint and export the scorer with TorchScript."""
 
 import os
-import tempfile
 from typing import Any, Dict, Tuple
 
 import torch
 
+from torchrec_din.io import atomic_write
 from torchrec_din.models import DINModel
 from torchrec_din.serve.scorer import DINScorer
 from torchrec_din.train.builder import build_model
@@ -29,15 +29,5 @@ def load_trained(checkpoint: str) -> Tuple[DINModel, Dict[str, Any]]:
 def export_scorer(model: DINModel, path: str) -> torch.jit.ScriptModule:
     """Script :class:`DINScorer` for ``model`` and save it atomically to ``path``."""
     scripted = torch.jit.script(DINScorer(model).eval())
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.jit.save(scripted, f))
     return scripted
