@@ -71,7 +71,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: bad config: {e}", file=sys.stderr)
             return 2
         try:
-            results = train(config, out, resume=args.resume)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                from torchrec_din.train.distributed import train_distributed
+
+                if args.resume:
+                    print("error: --resume is not supported for sharded runs yet", file=sys.stderr)
+                    return 2
+                results = train_distributed(config, out)
+                if results is None:  # not rank 0
+                    return 0
+            else:
+                results = train(config, out, resume=args.resume)
         except TrainingInterrupted as e:
             print(f"[stopped] {e}", file=sys.stderr)
             return 128 + e.signum

@@ -82,3 +82,15 @@ def test_failed_save_leaves_no_file(tmp_path, table, monkeypatch) -> None:
     with pytest.raises(OSError):
         save_table(table, str(tmp_path / "t.npz"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ranks_split_batches_disjointly_and_evenly() -> None:
+    from torchrec_din.data.loader import EpochBatchSampler
+
+    single = list(EpochBatchSampler(1000, 64, shuffle=True, seed=5))
+    per_rank = [list(EpochBatchSampler(1000, 64, shuffle=True, seed=5, rank=r, world_size=3))
+                for r in range(3)]
+    assert [len(b) for b in per_rank] == [5, 5, 5]  # 16 batches -> 5 rounds of 3
+    assert per_rank[1][0] == single[1] and per_rank[2][1] == single[5]
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert len(seen) == len(set(seen))

@@ -78,17 +78,27 @@ class DINDataset(Dataset):
 class EpochBatchSampler(Sampler[List[int]]):
     """Batches of positions; shuffled with ``seed + epoch`` so any epoch can be replayed.
 
+    With ``world_size > 1`` (data-parallel ranks), rank r takes batches r, r + W, r + 2W...
+    of the same global order, and every rank gets the same number of batches (the last
+    incomplete round is dropped), as collective training needs.
+
     Args:
         size (int): number of samples.
         batch_size (int): samples per batch (the last one may be smaller).
         shuffle (bool): permute each epoch.
         seed (int): base seed.
+        rank (int): this rank.
+        world_size (int): number of ranks.
     """
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.skip = 0
 
@@ -96,15 +106,20 @@ class EpochBatchSampler(Sampler[List[int]]):
         """Select the epoch's order; ``skip_batches`` resumes part-way through it."""
         self.epoch, self.skip = epoch, skip_batches
 
+    def _num_batches(self) -> int:
+        total = (self.size + self.batch_size - 1) // self.batch_size
+        return total if self.world_size == 1 else total // self.world_size
+
     def __len__(self) -> int:
-        return (self.size + self.batch_size - 1) // self.batch_size - self.skip
+        return self._num_batches() - self.skip
 
     def __iter__(self) -> Iterator[List[int]]:
         if self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(self.size)
         else:
             order = np.arange(self.size)
-        for start in range(self.skip * self.batch_size, self.size, self.batch_size):
+        for k in range(self.skip, self._num_batches()):
+            start = (k * self.world_size + self.rank) * self.batch_size
             yield order[start:start + self.batch_size].tolist()
 
 
@@ -118,6 +133,8 @@ def make_loader(
     shuffle: bool,
     seed: int = 0,
     num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader yielding DINBatch; its ``sampler`` has ``set_epoch``.
 
@@ -127,7 +144,7 @@ def make_loader(
         loader.sampler.set_epoch(epoch)
         for batch in loader: ...
     """
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, rank, world_size)
     return DataLoader(
         dataset,
         sampler=sampler,

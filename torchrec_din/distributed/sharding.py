@@ -26,7 +26,10 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 _FUSED_OPTIMIZERS = {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
+                     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
                      "adam": EmbOptimType.ADAM}
+# FBGEMM's CPU tables implement only these fused optimizers.
+CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 
 def make_sharders(optimizer: str = "sgd", learning_rate: float = 0.01) -> List[ModuleSharder]:

@@ -58,6 +58,10 @@ DEFAULTS: Dict[str, Any] = {
         "eval_batch_size": 2048,
         "optimizer": "adam",          # adam | adagrad | sgd
         "learning_rate": 0.001,
+        # Sharded runs: fused optimizer of the tables. auto = train.optimizer where the device
+        # supports it; FBGEMM on CPU has no fused Adam, so auto uses rowwise_adagrad there.
+        "embedding_optimizer": "auto",  # auto | sgd | adagrad | rowwise_adagrad | adam
+        "embedding_learning_rate": None,  # default: learning_rate, or 0.05 for auto's adagrad
         "regularization": "none",     # none | l2 | mba (mini-batch aware, paper 4.2)
         "l2_lambda": 0.0,
         "progress": True,

@@ -1,0 +1,234 @@
+"""Sharded training under torchrun: planner + DistributedModelParallel + TrainPipelineSparseDist.
+
+``torchrun --nproc_per_node N -m torchrec_din train --config FILE`` lands here (gloo on CPU,
+nccl on CUDA). Tables are sharded by TorchRec's planner (CPU constraints by default, per-table
+choices from ``tables.<name>`` in the config) and updated by a fused optimizer of the same
+kind and learning rate as ``train.optimizer``; the dense part is data parallel. Every rank
+trains on its own batches of one global order. Evaluation gathers every rank's predictions,
+so rank 0 computes AUC / GAUC over the whole split exactly as one process would. Rank 0 writes
+metrics.json, curves.png and an unsharded ``best.pt`` (gathered, the same format as
+single-process training, so ``export`` / ``score`` work on it); ``best_dcp/`` holds the
+sharded best state (torch.distributed.checkpoint), used for the final test evaluation.
+"""
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import yaml
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.distributed import (
+    CPU_FUSED_OPTIMIZERS,
+    dense_parameters,
+    gather_state_dict,
+    make_sharders,
+    shard,
+)
+from torchrec_din.distributed.planning import constraints_for
+from torchrec_din.metrics import evaluate_predictions
+from torchrec_din.models import DINTrain
+from torchrec_din.train.builder import build_model, build_table
+from torchrec_din.train.checkpoint import atomic_save, atomic_write_text
+from torchrec_din.train.loop import plot_curves, popularity_scores
+
+
+def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
+              world: int, device: torch.device) -> Optional[Dict[str, Any]]:
+    """Every rank scores a contiguous part; rank 0 gets all predictions and the metrics."""
+    parts = np.array_split(np.arange(len(dataset)), world)
+    num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
+    mine = parts[rank]
+    logits: List[np.ndarray] = []
+    start = time.perf_counter()
+    dmp.eval()
+    with torch.no_grad():
+        for i in range(num_batches):
+            chunk = mine[i * batch_size:(i + 1) * batch_size]
+            # The sharded forward is collective: a rank out of samples runs a dummy batch.
+            batch = dataset[chunk if chunk.size else parts[0][:1]]
+            _, (_, out, _) = dmp(batch.to(device))
+            if chunk.size:
+                logits.append(out.cpu().numpy())
+    elapsed = time.perf_counter() - start
+    local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
+    gathered: List[Any] = [None] * world
+    dist.all_gather_object(gathered, local)
+    dmp.train()
+    if rank != 0:
+        return None
+    all_logits = np.concatenate(gathered)
+    table = dataset.table
+    labels = table.label[dataset.rows]
+    out = evaluate_predictions(torch.as_tensor(all_logits), labels, dataset.user_ids())
+    out["samples_per_sec"] = len(dataset) / max(elapsed, 1e-9)
+    return out
+
+
+def train_distributed(config: Dict[str, Any], output_dir: str) -> Optional[Dict[str, Any]]:
+    """Sharded training; returns metrics.json's content on rank 0 (None elsewhere)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    try:
+        return _train(config, output_dir, backend)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(config: Dict[str, Any], output_dir: str, backend: str) -> Optional[Dict[str, Any]]:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
+        else torch.device("cpu")
+    data_cfg, train_cfg = config["data"], config["train"]
+    if train_cfg["regularization"] == "mba":
+        raise ValueError("train.regularization=mba is not supported with sharded tables yet; "
+                         "use l2 or none")
+    progress = bool(train_cfg["progress"]) and rank == 0
+    seed = int(config["seed"])
+    torch.manual_seed(seed)
+    if rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                          os.path.join(output_dir, "config.yaml"))
+        table = build_table(data_cfg, seed)  # rank 0 fills the cache first
+    dist.barrier()
+    if rank != 0:
+        table = build_table(data_cfg, seed)
+    pooled = list(data_cfg["pooled_features"])
+    datasets = {s: DINDataset(table, s, pooled) for s in ("train", "valid", "test")}
+    loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
+                         int(data_cfg["num_workers"]), rank, world)
+
+    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")))
+    emb_opt, emb_lr = train_cfg["embedding_optimizer"], train_cfg["embedding_learning_rate"]
+    if emb_opt == "auto":
+        emb_opt = train_cfg["optimizer"]
+        if device.type == "cpu" and emb_opt not in CPU_FUSED_OPTIMIZERS:
+            emb_opt, emb_lr = "rowwise_adagrad", emb_lr or 0.05
+            if rank == 0:
+                print(f"[sharding] FBGEMM has no fused {train_cfg['optimizer']} on CPU: tables "
+                      f"use rowwise_adagrad (lr {emb_lr}); set train.embedding_optimizer to choose")
+    sharders = make_sharders(emb_opt, emb_lr or train_cfg["learning_rate"])
+    sequence = [c.name for c in model.model.embedding_collection.embedding_configs()]
+    pooled_tables = ([c.name for c in model.model.embedding_bag_collection.embedding_bag_configs()]
+                     if model.model.embedding_bag_collection is not None else [])
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=world, compute_device=device.type,
+                          local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world))),
+        batch_size=train_cfg["batch_size"],
+        constraints=constraints_for(config, sequence, pooled_tables, device.type))
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    if rank == 0:
+        print(f"[plan]\n{plan}")
+    dmp = shard(model, plan, sharders, device=device)
+    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+    dense = [p for _, p in dense_parameters(dmp)]
+    optimizers = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+    dense_opt = optimizers[train_cfg["optimizer"]](dense, lr=train_cfg["learning_rate"],
+                                                   weight_decay=decay)
+    pipeline = TrainPipelineSparseDist(dmp, dense_opt, device)
+
+    results: Dict[str, Any] = {"data": {"summary": table.summary(), "meta": table.meta},
+                               "epochs": [], "best_epoch": None, "world_size": world}
+    best_gauc = -float("inf")
+    best_dcp = os.path.join(output_dir, "best_dcp")
+    speeds: List[float] = []
+    for epoch in range(int(train_cfg["epochs"])):
+        loader.sampler.set_epoch(epoch)
+        if epoch > 0:
+            pipeline.attach(dmp)
+        dmp.train()
+        it = iter(loader)
+        total_loss, seen = 0.0, 0
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress,
+                   mininterval=1.0, unit="batch")
+        start = time.perf_counter()
+        while True:
+            try:
+                loss, _, labels = pipeline.progress(it)
+            except StopIteration:
+                break
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch} on rank {rank}")
+            total_loss += loss.item() * labels.numel()
+            seen += labels.numel()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        pipeline.detach()
+        stats = torch.tensor([total_loss, float(seen)])
+        dist.all_reduce(stats)
+        speed = float(stats[1]) / max(elapsed, 1e-9)
+        speeds.append(speed)
+        valid = _evaluate(dmp, datasets["valid"], train_cfg["eval_batch_size"], rank, world, device)
+        improved = torch.tensor([0])
+        if rank == 0:
+            record = {"epoch": epoch, "train_loss": float(stats[0] / stats[1]),
+                      "train_samples_per_sec": speed, "valid": valid}
+            results["epochs"].append(record)
+            print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
+                  f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s "
+                  f"({world} ranks)")
+            if valid["gauc"] > best_gauc:
+                best_gauc = valid["gauc"]
+                results["best_epoch"] = epoch
+                improved[0] = 1
+        dist.broadcast(improved, src=0)
+        if int(improved[0]):
+            _save_sharded(dmp, best_dcp, rank)
+            full = gather_state_dict(dmp)
+            if rank == 0:
+                atomic_save({"model": {k[len("model."):]: v for k, v in full.items()
+                                       if k.startswith("model.")},
+                             "epoch": epoch, "config": config, "vocab": table.vocab,
+                             "world_size": world}, os.path.join(output_dir, "best.pt"))
+        if rank == 0:
+            atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
+            plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
+
+    state = dmp.state_dict()
+    dcp.load(state, checkpoint_id=best_dcp)
+    dmp.load_state_dict(state)
+    test = _evaluate(dmp, datasets["test"], train_cfg["eval_batch_size"], rank, world, device)
+    if rank != 0:
+        return None
+    test["train_samples_per_sec"] = float(np.median(speeds))
+    results["test"] = test
+    rows = datasets["test"].rows
+    pop = popularity_scores(table, datasets["train"].rows, rows)
+    results["baselines"] = {"popularity": evaluate_predictions(
+        torch.as_tensor(pop), table.label[rows], table.user_row[rows])}
+    atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
+    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} gauc "
+          f"{test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} on "
+          f"{test['samples']} samples, {world} ranks")
+    return results
+
+
+def _save_sharded(dmp: torch.nn.Module, path: str, rank: int) -> None:
+    """DCP save into a temp folder, then rank 0 swaps it in: a killed save never replaces
+    the previous good checkpoint."""
+    tmp = path + ".tmp"
+    if rank == 0 and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    dist.barrier()
+    dcp.save(dmp.state_dict(), checkpoint_id=tmp)
+    dist.barrier()
+    if rank == 0:
+        old = path + ".old"
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if os.path.exists(old):
+            shutil.rmtree(old)
+    dist.barrier()
