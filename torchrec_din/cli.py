@@ -71,13 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"error: bad config: {e}", file=sys.stderr)
             return 2
         try:
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
                 from torchrec_din.train.distributed import train_distributed
 
-                if args.resume:
-                    print("error: --resume is not supported for sharded runs yet", file=sys.stderr)
-                    return 2
-                results = train_distributed(config, out)
+                results = train_distributed(config, out, resume=args.resume)
                 if results is None:  # not rank 0
                     return 0
             else:
@@ -85,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except TrainingInterrupted as e:
             print(f"[stopped] {e}", file=sys.stderr)
             return 128 + e.signum
-        except (DataFormatError, FloatingPointError, FileNotFoundError) as e:
+        except (DataFormatError, FloatingPointError, FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"

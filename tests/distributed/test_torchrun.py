@@ -19,14 +19,18 @@ SETS = ["data.synthetic.num_users=400", "data.synthetic.num_items=300",
         "train.progress=false"]
 
 
+def _run(out, nproc, extra, cache, resume=False):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "-m", "torchrec_din", "train", "--config", "configs/synthetic_din.yaml",
+           "--output-dir", str(out)] + (["--resume"] if resume else [])
+    for s in SETS + [f"data.cache_dir={cache}"] + list(extra):
+        cmd += ["--set", s]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def test_two_rank_training(tmp_path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "torchrec_din", "train", "--config", "configs/synthetic_din.yaml",
-           "--output-dir", str(out)]
-    for s in SETS + [f"data.cache_dir={tmp_path / 'cache'}"]:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = _run(out, 2, [], tmp_path / "cache")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["epochs"]) == 2
@@ -44,3 +48,32 @@ def test_two_rank_training(tmp_path) -> None:
     assert test["samples"] == single["samples"] == len(ds)
     assert single["auc"] == pytest.approx(test["auc"], abs=1e-5)
     assert single["gauc"] == pytest.approx(test["gauc"], abs=1e-5)
+
+
+def test_sharded_resume_matches_uninterrupted_and_reshards(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    assert _run(tmp_path / "full", 2, ["train.epochs=2"], cache).returncode == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    part = tmp_path / "part"
+    assert _run(part, 2, ["train.epochs=1"], cache).returncode == 0
+    cmd_out = _run(part, 2, ["train.epochs=2"], cache, resume=True)
+    assert cmd_out.returncode == 0, cmd_out.stderr[-3000:]
+    assert "continuing at epoch 1" in cmd_out.stdout
+    resumed = json.loads((part / "metrics.json").read_text())
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == pytest.approx(full["test"][key], abs=1e-6), key
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in full["epochs"]], abs=1e-6)
+
+    # The 2-rank checkpoint continues on 1 rank (torch.distributed.checkpoint reshards).
+    one = _run(part, 1, ["train.epochs=3"], cache, resume=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "2 ranks -> 1, continuing at epoch 2" in one.stdout
+    metrics = json.loads((part / "metrics.json").read_text())
+    assert metrics["world_size"] == 1 and len(metrics["epochs"]) == 3
+
+    # A changed model config cannot resume.
+    bad = _run(part, 1, ["train.epochs=4", "model.embedding_dim=8"], cache, resume=True)
+    assert bad.returncode != 0
+    assert "--resume needs the same 'model' config" in bad.stderr

@@ -21,3 +21,12 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def check_resumable(saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+    """A run can only continue with the same seed, data and model; train.* may change
+    (e.g. more epochs)."""
+    for key in ("seed", "data", "model", "tables"):
+        if saved.get(key) != config.get(key):
+            raise ValueError(f"--resume needs the same {key!r} config as the checkpoint; "
+                             f"it was {saved.get(key)!r}, now {config.get(key)!r}")

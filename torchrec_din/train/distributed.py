@@ -38,7 +38,12 @@ from torchrec_din.distributed.planning import constraints_for
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model, build_table
-from torchrec_din.train.checkpoint import atomic_save, atomic_write_text
+from torchrec_din.train.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    check_resumable,
+    load_checkpoint,
+)
 from torchrec_din.train.loop import plot_curves, popularity_scores
 
 
@@ -74,17 +79,25 @@ def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: 
     return out
 
 
-def train_distributed(config: Dict[str, Any], output_dir: str) -> Optional[Dict[str, Any]]:
-    """Sharded training; returns metrics.json's content on rank 0 (None elsewhere)."""
+def train_distributed(config: Dict[str, Any], output_dir: str,
+                      resume: bool = False) -> Optional[Dict[str, Any]]:
+    """Sharded training; returns metrics.json's content on rank 0 (None elsewhere).
+
+    ``resume=True`` continues from ``last_dcp/`` + ``last_meta.pt`` (written at every epoch
+    end), with any number of ranks: torch.distributed.checkpoint reshards on load.
+    """
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     try:
-        return _train(config, output_dir, backend)
+        result = _train(config, output_dir, backend, resume)
+        dist.barrier()  # nobody tears down gloo while a peer still talks
+        return result
     finally:
         dist.destroy_process_group()
 
 
-def _train(config: Dict[str, Any], output_dir: str, backend: str) -> Optional[Dict[str, Any]]:
+def _train(config: Dict[str, Any], output_dir: str, backend: str,
+           resume: bool) -> Optional[Dict[str, Any]]:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
         else torch.device("cpu")
@@ -141,10 +154,29 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str) -> Optional[Di
                                "epochs": [], "best_epoch": None, "world_size": world}
     best_gauc = -float("inf")
     best_dcp = os.path.join(output_dir, "best_dcp")
+    last_dcp = os.path.join(output_dir, "last_dcp")
+    meta_path = os.path.join(output_dir, "last_meta.pt")
     speeds: List[float] = []
-    for epoch in range(int(train_cfg["epochs"])):
+    start_epoch = 0
+    if resume:
+        meta = load_checkpoint(meta_path)
+        check_resumable(meta["config"], config)
+        state = {"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()}
+        dcp.load(state, checkpoint_id=last_dcp)
+        dmp.load_state_dict(state["model"])
+        dmp.fused_optimizer.load_state_dict(state["optim"])
+        dense_opt.load_state_dict(meta["dense_optim"])
+        if meta["world_size"] == world:
+            torch.set_rng_state(meta["rng"][rank])
+        results, best_gauc, speeds = meta["results"], meta["best_gauc"], meta["speeds"]
+        results["world_size"] = world
+        start_epoch = meta["epoch"]
+        if rank == 0:
+            print(f"[resume] {last_dcp}: {meta['world_size']} ranks -> {world}, continuing at "
+                  f"epoch {start_epoch}")
+    for epoch in range(start_epoch, int(train_cfg["epochs"])):
         loader.sampler.set_epoch(epoch)
-        if epoch > 0:
+        if epoch > start_epoch:
             pipeline.attach(dmp)
         dmp.train()
         it = iter(loader)
@@ -185,14 +217,22 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str) -> Optional[Di
                 improved[0] = 1
         dist.broadcast(improved, src=0)
         if int(improved[0]):
-            _save_sharded(dmp, best_dcp, rank)
+            _save_sharded(dmp.state_dict(), best_dcp, rank)
             full = gather_state_dict(dmp)
             if rank == 0:
                 atomic_save({"model": {k[len("model."):]: v for k, v in full.items()
                                        if k.startswith("model.")},
                              "epoch": epoch, "config": config, "vocab": table.vocab,
                              "world_size": world}, os.path.join(output_dir, "best.pt"))
+        # Progress: sharded model + fused optimizer state, then (rank 0) the rest.
+        _save_sharded({"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()},
+                      last_dcp, rank)
+        rngs: List[Any] = [None] * world
+        dist.all_gather_object(rngs, torch.get_rng_state())
         if rank == 0:
+            atomic_save({"epoch": epoch + 1, "results": results, "best_gauc": best_gauc,
+                         "speeds": speeds, "dense_optim": dense_opt.state_dict(), "rng": rngs,
+                         "world_size": world, "config": config}, meta_path)
             atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
             plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
 
@@ -215,14 +255,14 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str) -> Optional[Di
     return results
 
 
-def _save_sharded(dmp: torch.nn.Module, path: str, rank: int) -> None:
+def _save_sharded(state: Dict[str, Any], path: str, rank: int) -> None:
     """DCP save into a temp folder, then rank 0 swaps it in: a killed save never replaces
     the previous good checkpoint."""
     tmp = path + ".tmp"
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     dist.barrier()
-    dcp.save(dmp.state_dict(), checkpoint_id=tmp)
+    dcp.save(state, checkpoint_id=tmp)
     dist.barrier()
     if rank == 0:
         old = path + ".old"

@@ -17,7 +17,12 @@ from torchrec_din.data.samples import SampleTable
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.models import DINModel, DINTrain
 from torchrec_din.train.builder import build_model, build_table
-from torchrec_din.train.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from torchrec_din.train.checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    check_resumable,
+    load_checkpoint,
+)
 from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
 
 
@@ -153,8 +158,8 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     every epoch), ``curves.png``, ``best.pt`` (model of the best epoch) and ``last.pt`` (all
     progress: model, optimizer, RNG, position in the epoch). ``last.pt`` is written every
     ``train.checkpoint_every`` batches, at each epoch end, and on SIGTERM / Ctrl-C, always
-    atomically. ``resume=True`` continues from it and reaches the same results as an
-    uninterrupted run with the same seed.
+    atomically. ``resume=True`` continues from it (same seed, data and model config; train.*
+    may change, e.g. more epochs) and reaches the same results as an uninterrupted run.
 
     Returns:
         Dict[str, Any]: the content of metrics.json.
@@ -164,7 +169,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     checkpoint: Optional[Dict[str, Any]] = None
     if resume:
         checkpoint = load_checkpoint(last_path)
-        config = checkpoint["config"]
+        check_resumable(checkpoint["config"], config)
         print(f"[resume] {last_path}: epoch {checkpoint['epoch']}, batch {checkpoint['batch']}")
     atomic_write_text(yaml.safe_dump(config, sort_keys=False), os.path.join(output_dir, "config.yaml"))
     seed = int(config["seed"])
