@@ -8,7 +8,9 @@ trains on its own batches of one global order. Evaluation gathers every rank's p
 so rank 0 computes AUC / GAUC over the whole split exactly as one process would. Rank 0 writes
 metrics.json, curves.png and an unsharded ``best.pt`` (gathered, the same format as
 single-process training, so ``export`` / ``score`` work on it); ``best_dcp/`` holds the
-sharded best state (torch.distributed.checkpoint), used for the final test evaluation.
+sharded best state (torch.distributed.checkpoint), used for the final test evaluation;
+``last_dcp/`` the state at the last epoch end (model, fused and dense optimizer states, RNG,
+progress) for ``--resume`` with any number of ranks.
 """
 
 import json
@@ -83,7 +85,7 @@ def train_distributed(config: Dict[str, Any], output_dir: str,
                       resume: bool = False) -> Optional[Dict[str, Any]]:
     """Sharded training; returns metrics.json's content on rank 0 (None elsewhere).
 
-    ``resume=True`` continues from ``last_dcp/`` + ``last_meta.pt`` (written at every epoch
+    ``resume=True`` continues from ``last_dcp/`` (model, optimizers and progress, written at every epoch
     end), with any number of ranks: torch.distributed.checkpoint reshards on load.
     """
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -155,7 +157,7 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     best_gauc = -float("inf")
     best_dcp = os.path.join(output_dir, "best_dcp")
     last_dcp = os.path.join(output_dir, "last_dcp")
-    meta_path = os.path.join(output_dir, "last_meta.pt")
+    meta_path = os.path.join(last_dcp, "meta.pt")
     speeds: List[float] = []
     start_epoch = 0
     if resume:
@@ -224,15 +226,16 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
                                        if k.startswith("model.")},
                              "epoch": epoch, "config": config, "vocab": table.vocab,
                              "world_size": world}, os.path.join(output_dir, "best.pt"))
-        # Progress: sharded model + fused optimizer state, then (rank 0) the rest.
-        _save_sharded({"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()},
-                      last_dcp, rank)
+        # Progress: sharded model + fused optimizer state, and (rank 0) the rest in the same
+        # folder, swapped in together.
         rngs: List[Any] = [None] * world
         dist.all_gather_object(rngs, torch.get_rng_state())
+        _save_sharded({"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()},
+                      last_dcp, rank,
+                      meta={"epoch": epoch + 1, "results": results, "best_gauc": best_gauc,
+                            "speeds": speeds, "dense_optim": dense_opt.state_dict(),
+                            "rng": rngs, "world_size": world, "config": config})
         if rank == 0:
-            atomic_save({"epoch": epoch + 1, "results": results, "best_gauc": best_gauc,
-                         "speeds": speeds, "dense_optim": dense_opt.state_dict(), "rng": rngs,
-                         "world_size": world, "config": config}, meta_path)
             atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
             plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
 
@@ -255,14 +258,18 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     return results
 
 
-def _save_sharded(state: Dict[str, Any], path: str, rank: int) -> None:
-    """DCP save into a temp folder, then rank 0 swaps it in: a killed save never replaces
-    the previous good checkpoint."""
+def _save_sharded(state: Dict[str, Any], path: str, rank: int,
+                  meta: Optional[Dict[str, Any]] = None) -> None:
+    """DCP save (plus rank 0's ``meta.pt``) into a temp folder, then rank 0 swaps it in: a
+    killed save never replaces the previous good checkpoint, and model, optimizer and
+    progress always come from the same epoch."""
     tmp = path + ".tmp"
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)
     dist.barrier()
     dcp.save(state, checkpoint_id=tmp)
+    if rank == 0 and meta is not None:
+        atomic_save(meta, os.path.join(tmp, "meta.pt"))
     dist.barrier()
     if rank == 0:
         old = path + ".old"
