@@ -23,7 +23,6 @@ import os
 import resource
 import statistics
 import subprocess
-import sys
 import time
 
 import numpy as np

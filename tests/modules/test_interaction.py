@@ -1,6 +1,6 @@
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from torchrec_din import AttentionGroup, DINInteraction, SumPoolingInteraction
 from torchrec_din.testing.toy import TOY_GROUPS, toy_batch, toy_collections

@@ -85,8 +85,8 @@ def train_distributed(config: Dict[str, Any], output_dir: str,
                       resume: bool = False) -> Optional[Dict[str, Any]]:
     """Sharded training; returns metrics.json's content on rank 0 (None elsewhere).
 
-    ``resume=True`` continues from ``last_dcp/`` (model, optimizers and progress, written at every epoch
-    end), with any number of ranks: torch.distributed.checkpoint reshards on load.
+    ``resume=True`` continues from ``last_dcp/`` (model, optimizers and progress, written at
+    every epoch end), with any number of ranks: torch.distributed.checkpoint reshards on load.
     """
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
