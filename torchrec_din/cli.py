@@ -24,7 +24,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          help="where metrics.json, curves.png and checkpoints go "
                               "(default runs/<config name>)")
     p_train.add_argument("--resume", action="store_true",
-                         help="continue the run in --output-dir from its last.pt")
+                         help="continue the run in --output-dir from its last.pt (last_dcp/ "
+                              "under torchrun); same seed, data and model config")
     p_export = sub.add_parser("export", help="TorchScript the multi-candidate scorer of a run")
     p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
     p_export.add_argument("--output", required=True, help="file for torch.jit.save")
@@ -83,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"[stopped] {e}", file=sys.stderr)
             return 128 + e.signum
         except (DataFormatError, FloatingPointError, FileNotFoundError, ValueError) as e:
+            if os.environ.get("TORCHREC_DIN_DEBUG"):
+                raise  # the full traceback, for debugging
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
