@@ -13,11 +13,11 @@ Run:
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+
+from attention import time_it  # benchmarks/attention.py: median of repeated runs
 
 from torchrec_din.serve import DINScorer
 from torchrec_din.train.builder import build_model
@@ -53,16 +53,6 @@ def per_row(inputs):
             dense.index_select(0, user_of))
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
@@ -79,8 +69,8 @@ def main() -> None:
             inputs = requests(users, k, args.history, seed=k)
             rows = per_row(inputs)
             torch.testing.assert_close(scorer(*inputs), scorer(*rows), rtol=1e-4, atol=1e-4)
-            shared = median_time(lambda: scorer(*inputs), args.repeats)
-            copied = median_time(lambda: scorer(*rows), args.repeats)
+            shared = time_it(lambda: scorer(*inputs), args.repeats)
+            copied = time_it(lambda: scorer(*rows), args.repeats)
             total = users * k
             print(f"{k:>6} {users:>6} | {total / shared:>14,.0f} {total / copied:>15,.0f} | "
                   f"{copied / shared:>5.2f}x")

@@ -46,7 +46,7 @@ from torchrec_din.train.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from torchrec_din.train.loop import plot_curves, popularity_scores
+from torchrec_din.train.loop import finish_results, plot_curves
 
 
 def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
@@ -245,16 +245,8 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     test = _evaluate(dmp, datasets["test"], train_cfg["eval_batch_size"], rank, world, device)
     if rank != 0:
         return None
-    test["train_samples_per_sec"] = float(np.median(speeds))
-    results["test"] = test
-    rows = datasets["test"].rows
-    pop = popularity_scores(table, datasets["train"].rows, rows)
-    results["baselines"] = {"popularity": evaluate_predictions(
-        torch.as_tensor(pop), table.label[rows], table.user_row[rows])}
-    atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
-    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} gauc "
-          f"{test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} on "
-          f"{test['samples']} samples, {world} ranks")
+    finish_results(results, test, table, datasets, speeds,
+                   os.path.join(output_dir, "metrics.json"), note=f", {world} ranks")
     return results
 
 

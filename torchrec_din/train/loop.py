@@ -122,6 +122,23 @@ def _evaluate(model: DINModel, dataset: DINDataset, loader: DataLoader,
     return out
 
 
+def finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleTable,
+                   datasets: Dict[str, DINDataset], train_speeds: List[float],
+                   metrics_path: str, note: str = "") -> None:
+    """Add the test figures and the popularity baseline, write metrics.json, print a summary."""
+    test["train_samples_per_sec"] = float(np.median(train_speeds))
+    results["test"] = test
+    test_rows = datasets["test"].rows
+    pop = popularity_scores(table, datasets["train"].rows, test_rows)
+    results["baselines"] = {"popularity": evaluate_predictions(
+        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
+    atomic_write_text(json.dumps(results, indent=2), metrics_path)
+    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
+          f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
+          f"on {test['samples']} samples{note}; popularity gauc "
+          f"{results['baselines']['popularity']['gauc']:.4f}")
+
+
 class _StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks between batches."""
 
@@ -285,15 +302,5 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     best = load_checkpoint(os.path.join(output_dir, "best.pt"))
     model.load_state_dict(best["model"])
     test = _evaluate(model, datasets["test"], eval_loaders["test"], progress, "test")
-    test["train_samples_per_sec"] = float(np.median(train_speeds))
-    results["test"] = test
-    test_rows = datasets["test"].rows
-    pop = popularity_scores(table, datasets["train"].rows, test_rows)
-    results["baselines"] = {"popularity": evaluate_predictions(
-        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
-    atomic_write_text(json.dumps(results, indent=2), metrics_path)
-    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
-          f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
-          f"on {test['samples']} samples; popularity gauc "
-          f"{results['baselines']['popularity']['gauc']:.4f}")
+    finish_results(results, test, table, datasets, train_speeds, metrics_path)
     return results
