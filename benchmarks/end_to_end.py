@@ -7,7 +7,9 @@ process. Peers get the histories padded to 200 (their input format); we get them
 
 * ours: ``torchrec_din`` DIN through its own DataLoader (``.venv``);
 * DeepCTR-Torch 0.3.0 ``DIN`` through its ``fit`` (``.venv-peers``);
-* torch-rechub 0.9.0 ``DIN`` with a plain training loop (``.venv-peers``).
+* torch-rechub 0.9.0 ``DIN`` with a plain training loop (``.venv-peers``);
+* FuxiCTR 2.3.10: its ``DIN_Attention`` and ``MLP_Block`` layers assembled as its model zoo's
+  DIN (the zoo is not in the pip package), plain training loop (``.venv-peers``).
 
 Each runs in its own subprocess; throughput is samples per second over the timed batches
 (after warm-up batches); peak memory is the subprocess's maximum resident set.
@@ -164,7 +166,57 @@ def run_rechub(data: dict, warmup: int, batches: int) -> None:
     _report(seen, time.perf_counter() - start)
 
 
-RUNNERS = {"ours": run_ours, "deepctr-torch": run_deepctr, "torch-rechub": run_rechub}
+def run_fuxictr(data: dict, warmup: int, batches: int) -> None:
+    """FuxiCTR's model zoo DIN is not in the pip package; its layers are. This assembles
+    them the way the zoo's DIN does: shared embeddings, ``DIN_Attention`` over the padded
+    history with a mask, ``MLP_Block`` over the concatenation."""
+    import torch
+    from torch import nn
+    from fuxictr.pytorch.layers import DIN_Attention, MLP_Block
+
+    n_user, n_item, n_cate = [int(v) for v in data["vocab"]]
+
+    class FuxiDIN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.user = nn.Embedding(n_user, EMB)
+            self.item = nn.Embedding(n_item, EMB)
+            self.cate = nn.Embedding(n_cate, EMB)
+            self.attention = DIN_Attention(2 * EMB, attention_units=[80, 40],
+                                           hidden_activations="Sigmoid")
+            self.mlp = MLP_Block(input_dim=5 * EMB, output_dim=1, hidden_units=[200, 80],
+                                 hidden_activations="PReLU")
+
+        def forward(self, x):
+            target = torch.cat([self.item(x["item"]), self.cate(x["cate"])], -1)
+            hist = torch.cat([self.item(x["hist_item"]), self.cate(x["hist_cate"])], -1)
+            mask = (x["hist_item"] > 0).float()
+            interest = self.attention(target, hist, mask)
+            return self.mlp(torch.cat([self.user(x["user"]), target, interest], -1)).squeeze(1)
+
+    torch.manual_seed(0)
+    model = FuxiDIN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    tensors = {k: torch.from_numpy(data[k]) for k in ("user", "item", "cate", "hist_item",
+                                                      "hist_cate")}
+    labels = torch.from_numpy(data["label"]).float()
+    start, seen = None, 0
+    for step in range(warmup + batches):
+        if step == warmup:
+            start = time.perf_counter()
+        sl = slice(step * BATCH, (step + 1) * BATCH)
+        loss = loss_fn(model({k: v[sl] for k, v in tensors.items()}), labels[sl])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= warmup:
+            seen += BATCH
+    _report(seen, time.perf_counter() - start)
+
+
+RUNNERS = {"ours": run_ours, "deepctr-torch": run_deepctr, "torch-rechub": run_rechub,
+           "fuxictr": run_fuxictr}
 
 
 def main() -> None:
@@ -185,7 +237,8 @@ def main() -> None:
     make_data(args.data)
     pythons = {"ours": os.path.join(ROOT, ".venv", "bin", "python"),
                "deepctr-torch": os.path.join(ROOT, ".venv-peers", "bin", "python"),
-               "torch-rechub": os.path.join(ROOT, ".venv-peers", "bin", "python")}
+               "torch-rechub": os.path.join(ROOT, ".venv-peers", "bin", "python"),
+               "fuxictr": os.path.join(ROOT, ".venv-peers", "bin", "python")}
     results = {}
     for name, python in pythons.items():
         if not os.path.exists(python):
