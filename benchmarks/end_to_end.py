@@ -57,6 +57,28 @@ def _report(samples: int, seconds: float) -> None:
     print(json.dumps({"samples_per_sec": samples / seconds, "peak_rss_mb": peak_mb}))
 
 
+def _padded_loop(model, loss_fn, data: dict, warmup: int, batches: int) -> None:  # noqa: ANN001
+    """Adam steps over consecutive padded batches of ``data``; reports the timed ones."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tensors = {k: torch.from_numpy(data[k]) for k in ("user", "item", "cate", "hist_item",
+                                                      "hist_cate")}
+    labels = torch.from_numpy(data["label"]).float()
+    start, seen = None, 0
+    for step in range(warmup + batches):
+        if step == warmup:
+            start = time.perf_counter()
+        sl = slice(step * BATCH, (step + 1) * BATCH)
+        loss = loss_fn(model({k: v[sl] for k, v in tensors.items()}), labels[sl])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= warmup:
+            seen += BATCH
+    _report(seen, time.perf_counter() - start)
+
+
 def run_ours(data: dict, warmup: int, batches: int) -> None:
     import torch
 
@@ -146,24 +168,7 @@ def run_rechub(data: dict, warmup: int, batches: int) -> None:
     torch.manual_seed(0)
     model = DIN(features, history, target, mlp_params={"dims": [200, 80]},
                 attention_mlp_params={"dims": [80, 40], "activation": "sigmoid"})
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCELoss()
-    tensors = {k: torch.from_numpy(data[k]) for k in ("user", "item", "cate", "hist_item",
-                                                      "hist_cate")}
-    labels = torch.from_numpy(data["label"]).float()
-    start, seen = None, 0
-    for step in range(warmup + batches):
-        if step == warmup:
-            start = time.perf_counter()
-        sl = slice(step * BATCH, (step + 1) * BATCH)
-        x = {k: v[sl] for k, v in tensors.items()}
-        loss = loss_fn(model(x), labels[sl])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= warmup:
-            seen += BATCH
-    _report(seen, time.perf_counter() - start)
+    _padded_loop(model, torch.nn.BCELoss(), data, warmup, batches)  # its DIN outputs probabilities
 
 
 def run_fuxictr(data: dict, warmup: int, batches: int) -> None:
@@ -196,23 +201,7 @@ def run_fuxictr(data: dict, warmup: int, batches: int) -> None:
 
     torch.manual_seed(0)
     model = FuxiDIN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    tensors = {k: torch.from_numpy(data[k]) for k in ("user", "item", "cate", "hist_item",
-                                                      "hist_cate")}
-    labels = torch.from_numpy(data["label"]).float()
-    start, seen = None, 0
-    for step in range(warmup + batches):
-        if step == warmup:
-            start = time.perf_counter()
-        sl = slice(step * BATCH, (step + 1) * BATCH)
-        loss = loss_fn(model({k: v[sl] for k, v in tensors.items()}), labels[sl])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= warmup:
-            seen += BATCH
-    _report(seen, time.perf_counter() - start)
+    _padded_loop(model, torch.nn.BCEWithLogitsLoss(), data, warmup, batches)
 
 
 RUNNERS = {"ours": run_ours, "deepctr-torch": run_deepctr, "torch-rechub": run_rechub,
