@@ -9,7 +9,7 @@ disk (``.npz``, written atomically, keyed by a fingerprint of inputs and protoco
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -86,7 +86,7 @@ class SampleTable:
         meta["max_history"] = int(max_history)
         meta["histories_truncated"] = int((cut > 0).sum())
         meta["behaviours_cut"] = int(cut.sum())
-        return _replace(self, hist_start=new_start, meta=meta)
+        return replace(self, hist_start=new_start, meta=meta)
 
     def summary(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -101,12 +101,6 @@ class SampleTable:
                 "max_history": int(lengths[mask].max()) if mask.any() else 0,
             }
         return out
-
-
-def _replace(table: SampleTable, **changes: Any) -> SampleTable:
-    fields = dict(table.__dict__)
-    fields.update(changes)
-    return SampleTable(**fields)
 
 
 _ARRAYS = ["seq_item", "seq_cate", "seq_offsets", "user_row", "hist_start", "hist_end",
