@@ -46,7 +46,7 @@ from torchrec_din.train.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from torchrec_din.train.loop import finish_results, plot_curves
+from torchrec_din.train.loop import finish_results, make_optimizer, plot_curves
 
 
 def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
@@ -145,11 +145,8 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     if rank == 0:
         print(f"[plan]\n{plan}")
     dmp = shard(model, plan, sharders, device=device)
-    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
-    dense = [p for _, p in dense_parameters(dmp)]
-    optimizers = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    dense_opt = optimizers[train_cfg["optimizer"]](dense, lr=train_cfg["learning_rate"],
-                                                   weight_decay=decay)
+    # The tables update in the backward pass (fused); this optimizer owns the rest.
+    dense_opt = make_optimizer([p for _, p in dense_parameters(dmp)], train_cfg)
     pipeline = TrainPipelineSparseDist(dmp, dense_opt, device)
 
     results: Dict[str, Any] = {"data": {"summary": table.summary(), "meta": table.meta},

@@ -4,7 +4,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,18 +26,16 @@ from torchrec_din.train.checkpoint import (
 from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
 
 
-def make_optimizer(model: torch.nn.Module, train_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
-    lr = train_cfg["learning_rate"]
-    # Plain L2 on every parameter is weight decay; "mba" regularises embeddings in the loss.
-    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+def make_optimizer(params: Iterable[torch.nn.Parameter],
+                   train_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params``; plain L2 (``regularization: l2``) is weight decay,
+    while "mba" regularises embeddings in the loss."""
+    optimizers = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
     name = train_cfg["optimizer"]
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
-    if name == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=lr, weight_decay=decay)
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=decay)
-    raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
+    if name not in optimizers:
+        raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
+    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+    return optimizers[name](params, lr=train_cfg["learning_rate"], weight_decay=decay)
 
 
 def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
@@ -209,7 +207,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
 
     model = build_model(table.vocab, config)
     train_model = DINTrain(model)
-    optimizer = make_optimizer(model, train_cfg)
+    optimizer = make_optimizer(model.parameters(), train_cfg)
     regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
 
     summary = table.summary()
