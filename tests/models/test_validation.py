@@ -65,7 +65,7 @@ def test_missing_and_unexpected_keys(model) -> None:
 def test_candidate_with_two_ids(model) -> None:
     lengths = list(GOOD_LENGTHS)
     lengths[1], lengths[2] = 2, 0  # item: row 1 has two ids, row 2 none
-    with pytest.raises(ValueError, match="candidate feature 'item' must have exactly one id "
+    with pytest.raises(ValueError, match="candidate feature 'item' \\(table 'item'\\) must have exactly one id "
                                          "per sample; row 1 has 2"):
         _call(model, _kjt(GOOD_VALUES, lengths))
 

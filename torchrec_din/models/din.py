@@ -10,27 +10,35 @@ from torchrec.modules.embedding_modules import (
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_din.data.batch import DINBatch
-from torchrec_din.models.validation import validate_dense, validate_kjt, validate_labels
-
-# Leaves in fx graphs: validation branches on data, which fx cannot trace.
-torch.fx.wrap("validate_dense")
-torch.fx.wrap("validate_kjt")
-torch.fx.wrap("validate_labels")
-
+from torchrec_din.batch import DINBatch
+from torchrec_din.checks import check_dense, check_kjt, check_labels
 from torchrec_din.modules.interaction import (
     AttentionGroup,
     DINInteraction,
+    feature_specs,
     SumPoolingInteraction,
 )
 from torchrec_din.modules.mlp import ActivationMLP
 
+def _required(x: Optional[Tensor], name: str) -> Tensor:
+    # A function, not an assert: after fx tracing, TorchScript still sees the refinement.
+    if x is None:
+        raise ValueError(name + " is None but the model needs them")
+    return x
 
-def _embedding_dim(embedding_collection: EmbeddingCollection) -> int:
-    dims = {c.embedding_dim for c in embedding_collection.embedding_configs()}
-    if len(dims) != 1:
-        raise ValueError(f"all EmbeddingCollection tables must share embedding_dim, got {dims}")
-    return dims.pop()
+
+def _required_kjt(x: Optional[KeyedJaggedTensor], name: str) -> KeyedJaggedTensor:
+    if x is None:
+        raise ValueError(name + " is None but the model needs them")
+    return x
+
+
+# Leaves in fx graphs: the checks branch on data, which fx cannot trace.
+torch.fx.wrap("_required")
+torch.fx.wrap("_required_kjt")
+torch.fx.wrap("check_dense")
+torch.fx.wrap("check_kjt")
+torch.fx.wrap("check_labels")
 
 
 class DINModel(nn.Module):
@@ -53,8 +61,9 @@ class DINModel(nn.Module):
         over_arch_activation (str): "prelu" or "dice" (any of ``make_activation``).
         dropout (float): dropout after each over-arch hidden layer.
         validate_inputs (bool): check every batch (ids in range, lengths, keys, finite dense
-            features) with clear errors; costs one vectorised pass over the ids. Turn off in
-            production once the pipeline is trusted.
+            features) with clear errors; costs one vectorised pass over the ids and a few
+            host reads (device syncs). Off: a forward and backward do no host sync (shape
+            checks still run; they are free). Sets the interaction's switch too.
 
     Shapes:
         sequence_features: KJT over the collection's features (candidates: one id per
@@ -80,6 +89,11 @@ class DINModel(nn.Module):
     ) -> None:
         super().__init__()
         self.validate_inputs = validate_inputs
+        if hasattr(interaction, "validate_inputs"):
+            interaction.validate_inputs = validate_inputs
+            for module in interaction.modules():
+                if hasattr(module, "validate_inputs"):
+                    module.validate_inputs = validate_inputs
         self.embedding_collection = embedding_collection
         self.interaction = interaction
         self.embedding_bag_collection = embedding_bag_collection
@@ -114,22 +128,25 @@ class DINModel(nn.Module):
         dense_features: Optional[Tensor] = None,
     ) -> Tensor:
         if self.validate_inputs:
-            validate_kjt(sequence_features, "sequence_features", self.sequence_rows,
-                         self.feature_tables)
-            if self.embedding_bag_collection is not None:
-                validate_kjt(pooled_features, "pooled_features", self.pooled_rows,
-                             self.feature_tables)
+            check_kjt(sequence_features, "sequence_features", self.sequence_rows,
+                      self.feature_tables)
         embeddings = self.embedding_collection(sequence_features)
         candidates = self.interaction.candidates(embeddings)
         parts: List[Tensor] = [candidates, self.interaction(embeddings)]
-        if self.embedding_bag_collection is not None:
-            # Index by key: a sharded collection may return its keys in another order.
-            pooled: Dict[str, Tensor] = self.embedding_bag_collection(pooled_features).to_dict()
-            parts.extend([pooled[key] for key in self.pooled_keys])
-        if self.dense_in_features > 0:
+        ebc = self.embedding_bag_collection
+        if ebc is not None:
             if self.validate_inputs:
-                validate_dense(dense_features, candidates.size(0), self.dense_in_features)
-            parts.append(dense_features)
+                check_kjt(pooled_features, "pooled_features", self.pooled_rows,
+                          self.feature_tables)
+            # Index by key: a sharded collection may return its keys in another order.
+            pooled: Dict[str, Tensor] = ebc(
+                _required_kjt(pooled_features, "pooled_features")).to_dict()
+            for key in self.pooled_keys:
+                parts.append(pooled[key])
+        if self.dense_in_features > 0:
+            dense = _required(dense_features, "dense_features")
+            check_dense(dense, candidates.size(0), self.dense_in_features, self.validate_inputs)
+            parts.append(dense)
         return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
 
 
@@ -172,13 +189,16 @@ class DIN(DINModel):
         dropout: float = 0.0,
         validate_inputs: bool = True,
     ) -> None:
+        dims, tables = feature_specs([embedding_collection])
         interaction = DINInteraction(
             groups,
-            _embedding_dim(embedding_collection),
+            dims,
             attention_hidden_units,
             attention_activation,
             attention_normalization,
             use_outer_product,
+            tables,
+            validate_inputs,
         )
         super().__init__(
             embedding_collection,
@@ -214,7 +234,8 @@ class BaseModel(DINModel):
         dropout: float = 0.0,
         validate_inputs: bool = True,
     ) -> None:
-        interaction = SumPoolingInteraction(groups, _embedding_dim(embedding_collection))
+        dims, tables = feature_specs([embedding_collection])
+        interaction = SumPoolingInteraction(groups, dims, tables, validate_inputs)
         super().__init__(
             embedding_collection,
             interaction,
@@ -256,6 +277,6 @@ class DINTrain(nn.Module):
             batch.sequence_features, batch.pooled_features, batch.dense_features
         )
         if self.model.validate_inputs:
-            validate_labels(batch.labels, logits.size(0))
+            check_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())

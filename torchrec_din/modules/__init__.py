@@ -9,8 +9,7 @@ from torchrec_din.modules.attention import (  # noqa: F401
 from torchrec_din.modules.interaction import (  # noqa: F401
     AttentionGroup,
     DINInteraction,
-    group_candidates,
-    group_history,
+    feature_specs,
     SumPoolingInteraction,
 )
 from torchrec_din.modules.mlp import ActivationMLP  # noqa: F401

@@ -1,15 +1,15 @@
 """DIN's target attention computed on jagged behaviour sequences (no padding, no masks)."""
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
+from torchrec_din.checks import check_attention_shapes, check_lengths
 from torchrec_din.modules.activation import make_activation
 from torchrec_din.modules.mlp import ActivationMLP
 from torchrec_din.ops import (
-    broadcast_to_segments,
     lengths_to_segment_ids,
     segment_softmax,
     segment_sum,
@@ -17,52 +17,13 @@ from torchrec_din.ops import (
 
 NORMALIZATIONS = ("none", "softmax")
 
-# The jagged ops are leaves in fx graphs: their bodies hold shape logic fx cannot trace.
-torch.fx.wrap("broadcast_to_segments")
+# Leaves in fx graphs: their bodies branch on shapes or data, which fx cannot trace. After
+# ``torchrec.fx.symbolic_trace`` they are compiled by ``torch.jit.script`` as functions.
 torch.fx.wrap("segment_softmax")
 torch.fx.wrap("segment_sum")
-
-
-@torch.fx.wrap
-def _check_attention_inputs(
-    query: Tensor, values: Tensor, lengths: Tensor, embedding_dim: int
-) -> None:
-    # Data-dependent checks (sums, minima) sit in an fx-wrapped leaf so that tracing works.
-    if query.dim() != 2 or query.size(1) != embedding_dim:
-        raise ValueError(
-            f"query must be [B, {embedding_dim}] (one candidate embedding per sample), "
-            f"got shape {list(query.shape)}"
-        )
-    if values.dim() != 2 or values.size(1) != embedding_dim:
-        raise ValueError(
-            f"keys.values() must be [N, {embedding_dim}] (one row per behaviour), "
-            f"got shape {list(values.shape)}"
-        )
-    if lengths.dim() != 1 or lengths.numel() != query.size(0):
-        raise ValueError(
-            f"keys.lengths() must be [B] with B = {query.size(0)} query rows (one history "
-            f"per candidate), got shape {list(lengths.shape)}"
-        )
-    if lengths.numel() > 0:
-        total = int(lengths.sum().item())
-        if total != values.size(0):
-            raise ValueError(
-                f"keys.lengths() sum to {total} but keys.values() has {values.size(0)} rows; "
-                "they must be equal"
-            )
-        low = int(lengths.min().item())
-        if low < 0:
-            row = int(torch.nonzero(lengths < 0)[0].item())
-            raise ValueError(f"keys.lengths() must be >= 0, row {row} has {low}")
-    elif values.size(0) != 0:
-        raise ValueError(
-            f"keys has no histories but keys.values() has {values.size(0)} rows"
-        )
-
-
-@torch.fx.wrap
-def _max_length(lengths: Tensor) -> int:
-    return int(lengths.max().item()) if lengths.numel() > 0 else 0
+torch.fx.wrap("lengths_to_segment_ids")
+torch.fx.wrap("check_attention_shapes")
+torch.fx.wrap("check_lengths")
 
 
 class LocalActivationUnit(nn.Module):
@@ -75,12 +36,12 @@ class LocalActivationUnit(nn.Module):
     .. math::
         (W_e + W_d) e_j + (W_v - W_d) v_b + W_p (e_j \odot v_b) + \sum_{ik} U_{\cdot ik} e_{ji} v_{bk}
 
-    The :math:`v_b` term is computed on B rows and gathered; only [N, 2D] (e and e*v) enters
-    a matrix product, never the [N, 4D] concatenation. The outer product term is a bilinear form: :math:`M_b = U v_b` is built on
-    B rows ([B, D, H]) and each segment multiplies its behaviours by it with FBGEMM's
-    ``jagged_dense_bmm``; no [N, D, D] tensor exists. Parameters keep the layout of a plain
-    ``nn.Linear(4D, H)`` (plus ``outer_weight`` [H, D, D] = the flattened outer-product
-    columns), so weights move freely between this and a padded implementation.
+    The :math:`v_b` term is computed on B rows and gathered; the behaviour terms enter one
+    matrix product over [N, 2D] (e and e*v), never the [N, 4D] concatenation. With the
+    outer product, its D*D columns join that same product (the padded way pays them on
+    B * T_max rows). Parameters keep the layout of a plain ``nn.Linear(4D, H)`` (plus
+    ``outer_weight`` [H, D, D] = the flattened outer-product columns), so weights move
+    freely between this and a padded implementation.
 
     Args:
         embedding_dim (int): D.
@@ -90,14 +51,14 @@ class LocalActivationUnit(nn.Module):
         use_outer_product (bool): add the outer product of e and v to the MLP input.
 
     Shapes:
-        query: [B, D]; values: [N, D]; segment_ids: [N]; lengths: [B]; output: [N].
+        query: [B, D]; values: [N, D]; segment_ids: [N] (sample of each behaviour);
+        output: [N] one score per behaviour.
 
     Example::
 
         lau = LocalActivationUnit(16, (80, 40))
-        lengths = torch.tensor([2, 0, 3])
-        seg = lengths_to_segment_ids(lengths)
-        scores = lau(torch.randn(3, 16), torch.randn(5, 16), seg, lengths)  # [5]
+        seg = lengths_to_segment_ids(torch.tensor([2, 0, 3]), 5)
+        scores = lau(torch.randn(3, 16), torch.randn(5, 16), seg)  # [5]
     """
 
     def __init__(
@@ -126,32 +87,28 @@ class LocalActivationUnit(nn.Module):
         self.hidden = ActivationMLP(first, hidden_units[1:], activation)
         self.output_layer = nn.Linear(self.hidden.out_features, 1)
 
-    def first_layer(
-        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
-    ) -> Tensor:
+    def first_layer(self, query: Tensor, values: Tensor, segment_ids: Tensor) -> Tensor:
         """Pre-activation of the first layer on the N behaviours: [N, H1]."""
         w_e, w_v, w_d, w_p = self.input_layer.weight.split(self.embedding_dim, dim=1)
         # Candidate-only part on B rows, then gathered to the N behaviours.
         candidate = torch.addmm(self.input_layer.bias, query, (w_v - w_d).t())
-        candidate_n = broadcast_to_segments(candidate, lengths, segment_ids)
-        query_n = broadcast_to_segments(query, lengths, segment_ids)
+        candidate_n = candidate.index_select(0, segment_ids)
+        query_n = query.index_select(0, segment_ids)
         # One GEMM over [e, e*v] ([N, 2D]) was measured faster on CPU than two GEMMs over
         # [N, D] each (fewer passes over the [N, H] output); see benchmarks/attention.py.
-        behaviour = torch.cat([values, values * query_n], dim=1)
-        hidden = torch.addmm(candidate_n, behaviour, torch.cat([w_e + w_d, w_p], dim=1).t())
-        if self.outer_weight is not None:
-            # M_b[i, h] = sum_k U[h, i, k] v_b[k]; then segment b's rows e_j @ M_b.
-            m = torch.einsum("hik,bk->bih", self.outer_weight, query)
-            offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
-            hidden = hidden + torch.ops.fbgemm.jagged_dense_bmm(
-                values, offsets, m, _max_length(lengths)
-            )[0]
-        return hidden
+        parts: List[Tensor] = [values, values * query_n]
+        weights: List[Tensor] = [w_e + w_d, w_p]
+        outer_weight = self.outer_weight
+        if outer_weight is not None:
+            # vec(e_j v_b^T) [N, D*D] against U flattened [H, D*D]: plain index/GEMM ops, so
+            # it exports with N dynamic and needs no bound on the history length.
+            d = self.embedding_dim
+            parts.append((values.unsqueeze(2) * query_n.unsqueeze(1)).reshape(-1, d * d))
+            weights.append(outer_weight.reshape(outer_weight.size(0), d * d))
+        return torch.addmm(candidate_n, torch.cat(parts, dim=1), torch.cat(weights, dim=1).t())
 
-    def forward(
-        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
-    ) -> Tensor:
-        hidden = self.input_activation(self.first_layer(query, values, segment_ids, lengths))
+    def forward(self, query: Tensor, values: Tensor, segment_ids: Tensor) -> Tensor:
+        hidden = self.input_activation(self.first_layer(query, values, segment_ids))
         return self.output_layer(self.hidden(hidden)).squeeze(1)
 
 
@@ -169,6 +126,9 @@ class JaggedTargetAttention(nn.Module):
         activation (str): "sigmoid", "dice", "prelu" or "relu".
         normalization (str): "none" or "softmax".
         use_outer_product (bool): add the outer product of e and v to the MLP input.
+        validate_inputs (bool): check lengths against values on every call (reads two
+            scalars on the host: a device sync). Shapes are always checked (free). Turn it
+            off once the pipeline is trusted: then a forward and backward do no host sync.
 
     Shapes:
         query: [B, D]; keys: JaggedTensor with values [N, D] and lengths [B] (N = total
@@ -188,6 +148,7 @@ class JaggedTargetAttention(nn.Module):
         activation: str = "sigmoid",
         normalization: str = "none",
         use_outer_product: bool = False,
+        validate_inputs: bool = True,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
@@ -196,15 +157,18 @@ class JaggedTargetAttention(nn.Module):
             )
         self.embedding_dim = embedding_dim
         self.normalization = normalization
+        self.validate_inputs = validate_inputs
         self.unit = LocalActivationUnit(
             embedding_dim, hidden_units, activation, use_outer_product
         )
 
     def attend(self, query: Tensor, values: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """Pooled interest [B, D] and per-behaviour weights [N] from raw jagged parts."""
-        _check_attention_inputs(query, values, lengths, self.embedding_dim)
+        check_attention_shapes(query, values, lengths, self.embedding_dim)
+        if self.validate_inputs:
+            check_lengths(values, lengths, "keys")
         seg = lengths_to_segment_ids(lengths, values.size(0))
-        scores = self.unit(query, values, seg, lengths)
+        scores = self.unit(query, values, seg)
         if self.normalization == "softmax":
             weights = segment_softmax(scores, lengths, seg)
         else:
@@ -215,6 +179,7 @@ class JaggedTargetAttention(nn.Module):
     def forward(self, query: Tensor, keys: JaggedTensor) -> Tensor:
         return self.attend(query, keys.values(), keys.lengths())[0]
 
+    @torch.jit.export
     def forward_with_weights(
         self, query: Tensor, keys: JaggedTensor
     ) -> Tuple[Tensor, JaggedTensor]:

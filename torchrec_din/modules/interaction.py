@@ -1,16 +1,22 @@
 """Interactions from TorchRec's EmbeddingCollection output to DIN interest vectors."""
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
+from torchrec_din.checks import (
+    check_candidate_lengths,
+    check_equal_lengths,
+    check_feature_dim,
+    check_lengths,
+    describe,
+    get_feature,
+)
 from torchrec_din.modules.attention import JaggedTargetAttention
 from torchrec_din.ops import segment_sum
-
-torch.fx.wrap("segment_sum")  # a leaf in fx graphs (its shape logic is not traceable)
 
 
 @dataclass(frozen=True)
@@ -47,108 +53,172 @@ class AttentionGroup:
             )
 
 
-@torch.fx.wrap
-def _check_candidate(name: str, jt: JaggedTensor) -> None:
-    lengths = jt.lengths()
-    bad = torch.nonzero(lengths != 1)
-    if bad.numel() > 0:
-        row = int(bad[0].item())
-        raise ValueError(
-            f"candidate feature {name!r} must have exactly one id per sample; "
-            f"row {row} has {int(lengths[row].item())}"
-        )
+def feature_specs(collections: Sequence[nn.Module]) -> Tuple[Dict[str, int], Dict[str, str]]:
+    """Embedding dim and table name of every feature of TorchRec embedding collections.
+
+    Args:
+        collections: ``EmbeddingCollection`` s (and optionally ``EmbeddingBagCollection`` s,
+            whose features are marked pooled), or their quantized versions: anything with
+            ``embedding_configs()`` or ``embedding_bag_configs()``.
+
+    Returns:
+        (feature -> embedding dim, feature -> table name). Pooled features get the table
+        name suffixed with `` (EmbeddingBagCollection)`` so errors can say so.
+
+    Example::
+
+        dims, tables = feature_specs([ec_items, ec_cates])
+    """
+    dims: Dict[str, int] = {}
+    tables: Dict[str, str] = {}
+    for collection in collections:
+        if hasattr(collection, "embedding_configs"):
+            configs, suffix = collection.embedding_configs(), ""
+        elif hasattr(collection, "embedding_bag_configs"):
+            configs, suffix = collection.embedding_bag_configs(), _POOLED
+        else:
+            raise ValueError(
+                f"{type(collection).__name__} is not a TorchRec embedding collection (it has "
+                "neither embedding_configs() nor embedding_bag_configs())"
+            )
+        for config in configs:
+            for f in config.feature_names:
+                dims[f] = config.embedding_dim
+                tables[f] = config.name + suffix
+    return dims, tables
 
 
-@torch.fx.wrap
-def _check_same_lengths(first: str, other: str, a: JaggedTensor, b: JaggedTensor) -> None:
-    la, lb = a.lengths(), b.lengths()
-    if la.shape != lb.shape:
-        raise ValueError(
-            f"history features {first!r} and {other!r} have {la.numel()} and {lb.numel()} "
-            "samples; they must be equal"
-        )
-    bad = torch.nonzero(la != lb)
-    if bad.numel() > 0:
-        row = int(bad[0].item())
-        raise ValueError(
-            f"history features {first!r} and {other!r} must have equal lengths per sample; "
-            f"row {row} has {int(la[row].item())} vs {int(lb[row].item())}"
-        )
+_POOLED = " (EmbeddingBagCollection)"
 
-
-@torch.fx.wrap
-def _get_feature(embeddings: Dict[str, JaggedTensor], name: str) -> JaggedTensor:
-    # Index rather than test membership: a sharded collection returns a LazyAwaitable dict,
-    # which resolves on __getitem__ but not on ``in``.
-    try:
-        return embeddings[name]
-    except KeyError:
-        raise ValueError(
-            f"feature {name!r} is missing from the embeddings; got {sorted(embeddings.keys())}"
-        ) from None
-
-
-def group_candidates(embeddings: Dict[str, JaggedTensor], group: AttentionGroup) -> Tensor:
-    """Concatenated candidate embeddings of a group: [B, len(features) * D]."""
-    parts: List[Tensor] = []
-    for name in group.candidate_features:
-        jt = _get_feature(embeddings, name)
-        _check_candidate(name, jt)
-        parts.append(jt.values())
-    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-
-
-def group_history(
-    embeddings: Dict[str, JaggedTensor], group: AttentionGroup
-) -> Tuple[Tensor, Tensor]:
-    """Concatenated history embeddings of a group: values [N, len(features) * D], lengths [B]."""
-    first_name = group.history_features[0]
-    first = _get_feature(embeddings, first_name)
-    parts: List[Tensor] = [first.values()]
-    for name in group.history_features[1:]:
-        jt = _get_feature(embeddings, name)
-        _check_same_lengths(first_name, name, first, jt)
-        parts.append(jt.values())
-    values = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return values, first.lengths()
+# Leaves in fx graphs: they branch on shapes, types or data.
+torch.fx.wrap("get_feature")
+torch.fx.wrap("check_feature_dim")
+torch.fx.wrap("check_candidate_lengths")
+torch.fx.wrap("check_equal_lengths")
+torch.fx.wrap("check_lengths")
+torch.fx.wrap("segment_sum")
 
 
 class _GroupedInteraction(nn.Module):
-    def __init__(self, groups: Sequence[AttentionGroup], embedding_dim: int) -> None:
+    """Shared by the interactions: group bookkeeping and the per-group feature gathering."""
+
+    def __init__(
+        self,
+        groups: Sequence[AttentionGroup],
+        embedding_dim: Union[int, Dict[str, int]],
+        feature_tables: Optional[Dict[str, str]] = None,
+        validate_inputs: bool = True,
+    ) -> None:
         super().__init__()
         if not groups:
             raise ValueError("at least one AttentionGroup is needed")
         names = [g.name for g in groups]
         if len(set(names)) != len(names):
             raise ValueError(f"group names must be unique, got {names}")
-        self.groups: List[AttentionGroup] = list(groups)
-        self.embedding_dim = embedding_dim
-        self.group_dims: List[int] = [len(g.candidate_features) * embedding_dim for g in groups]
+        features = [f for g in groups for f in g.candidate_features + g.history_features]
+        if isinstance(embedding_dim, int):
+            dims = {f: embedding_dim for f in features}
+        else:
+            missing = [f for f in features if f not in embedding_dim]
+            if missing:
+                raise ValueError(f"embedding_dim has no dim for feature(s) {missing}; it "
+                                 f"covers {sorted(embedding_dim)}")
+            dims = {f: int(embedding_dim[f]) for f in features}
+        tables = dict(feature_tables or {})
+        for f in features:
+            tables.setdefault(f, "")
+            if tables[f].endswith(_POOLED):
+                raise ValueError(
+                    f"feature {f!r} (table {tables[f][:-len(_POOLED)]!r}) comes from an "
+                    "EmbeddingBagCollection, which pools each sample's ids into one vector; "
+                    "candidate and history features need an EmbeddingCollection (one row "
+                    "per id)")
+        for g in groups:
+            for cand, hist in zip(g.candidate_features, g.history_features):
+                if dims[cand] != dims[hist]:
+                    raise ValueError(
+                        f"group {g.name!r}: candidate {describe(cand, tables[cand])} has dim "
+                        f"{dims[cand]} and history {describe(hist, tables[hist])} has dim "
+                        f"{dims[hist]}; they pair up, so their embedding dims must be equal")
+        # Python-side description; the plain lists below are what scripted code reads.
+        self.groups: Tuple[AttentionGroup, ...] = tuple(groups)
+        self.group_names: List[str] = names
+        self.candidate_features: List[List[str]] = [list(g.candidate_features) for g in groups]
+        self.history_features: List[List[str]] = [list(g.history_features) for g in groups]
+        self.feature_dims: Dict[str, int] = dims
+        self.feature_tables: Dict[str, str] = {f: tables[f] for f in features}
+        self.validate_inputs = validate_inputs
+        self.group_dims: List[int] = [
+            sum(dims[f] for f in g.candidate_features) for g in groups
+        ]
         self.output_dim: int = sum(self.group_dims)
 
+    def _feature(self, embeddings: Dict[str, JaggedTensor], name: str, group: int) -> JaggedTensor:
+        table = self.feature_tables[name]
+        jt = get_feature(embeddings, name, table, self.group_names[group])
+        check_feature_dim(jt.values(), name, table, self.feature_dims[name],
+                          self.group_names[group])
+        return jt
+
+    def group_candidates(self, embeddings: Dict[str, JaggedTensor], group: int) -> Tensor:
+        """Concatenated candidate embeddings of group ``group``: [B, group_dims[group]]."""
+        parts: List[Tensor] = []
+        for name in self.candidate_features[group]:
+            jt = self._feature(embeddings, name, group)
+            if self.validate_inputs:
+                check_candidate_lengths(jt.lengths(), name, self.feature_tables[name])
+            parts.append(jt.values())
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def group_history(
+        self, embeddings: Dict[str, JaggedTensor], group: int
+    ) -> Tuple[Tensor, Tensor]:
+        """Concatenated history embeddings of group ``group``: values [N, group_dims[group]],
+        lengths [B]."""
+        names = self.history_features[group]
+        first = self._feature(embeddings, names[0], group)
+        parts: List[Tensor] = [first.values()]
+        for name in names[1:]:
+            jt = self._feature(embeddings, name, group)
+            check_equal_lengths(names[0], name, first.lengths(), jt.lengths(),
+                                self.validate_inputs)
+            parts.append(jt.values())
+        values = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return values, first.lengths()
+
+    @torch.jit.export
     def candidates(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         """Candidate embeddings of all groups, concatenated: [B, output_dim]."""
-        parts = [group_candidates(embeddings, g) for g in self.groups]
+        parts: List[Tensor] = []
+        for i in range(len(self.group_names)):
+            parts.append(self.group_candidates(embeddings, i))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 class DINInteraction(_GroupedInteraction):
     """Target attention of each group's candidate over its history, from TorchRec outputs.
 
-    Takes the ``Dict[str, JaggedTensor]`` an ``EmbeddingCollection`` returns and gives one
-    interest vector per group, concatenated. Drop it into any TorchRec model whose
-    EmbeddingCollection holds the candidate and history features (ideally sharing a table
-    per id space).
+    Takes the ``Dict[str, JaggedTensor]`` an ``EmbeddingCollection`` returns (or several
+    merged, e.g. one per embedding dim) and gives one interest vector per group,
+    concatenated. Drop it into any TorchRec model whose collections hold the candidate and
+    history features (ideally sharing a table per id space). It scripts, exports (B and N
+    dynamic) and traces with ``torchrec.fx``.
 
     Args:
         groups (Sequence[AttentionGroup]): candidate -> history feature groups.
-        embedding_dim (int): D of every feature (an EmbeddingCollection has one D).
+        embedding_dim (Union[int, Dict[str, int]]): D of every feature, or feature -> D
+            (a group may mix dims: item 32 + category 8 gives a 40-wide query and keys).
+            :meth:`from_collections` reads them from the collections.
         hidden_units, activation, normalization, use_outer_product: as for
             :class:`JaggedTargetAttention`, shared by all groups.
+        feature_tables (Optional[Dict[str, str]]): feature -> table name, for messages.
+        validate_inputs (bool): value checks on every call (candidates have one id per
+            sample, a group's histories have equal lengths, lengths match values): a few
+            host reads (device syncs). Shape and dim checks always run (free). Off: no sync.
 
     Shapes:
-        input: candidate features with values [B, D] (one id per sample), history features
-        with values [N_g, D] per group; output: [B, sum over groups of len(features) * D].
+        input: candidate features with values [B, D_f] (one id per sample), history
+        features with values [N_g, D_f] per group; output: [B, sum of group widths].
 
     Example::
 
@@ -156,7 +226,8 @@ class DINInteraction(_GroupedInteraction):
             EmbeddingConfig(name="item", embedding_dim=16, num_embeddings=100,
                             feature_names=["item", "hist_item"]),
         ])
-        din = DINInteraction([AttentionGroup("item", ["item"], ["hist_item"])], 16)
+        din = DINInteraction.from_collections(
+            [AttentionGroup("item", ["item"], ["hist_item"])], [ec])
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=["item", "hist_item"], values=torch.tensor([1, 2, 3, 4, 5]),
             lengths=torch.tensor([1, 1, 2, 1]))
@@ -166,29 +237,40 @@ class DINInteraction(_GroupedInteraction):
     def __init__(
         self,
         groups: Sequence[AttentionGroup],
-        embedding_dim: int,
+        embedding_dim: Union[int, Dict[str, int]],
         hidden_units: Sequence[int] = (80, 40),
         activation: str = "sigmoid",
         normalization: str = "none",
         use_outer_product: bool = False,
+        feature_tables: Optional[Dict[str, str]] = None,
+        validate_inputs: bool = True,
     ) -> None:
-        super().__init__(groups, embedding_dim)
+        super().__init__(groups, embedding_dim, feature_tables, validate_inputs)
         # A list in group order, not a ModuleDict: group names such as "items" or "keys"
         # would clash with ModuleDict's own attributes.
         self.attention = nn.ModuleList(
             [
                 JaggedTargetAttention(
-                    dim, hidden_units, activation, normalization, use_outer_product
+                    dim, hidden_units, activation, normalization, use_outer_product,
+                    validate_inputs,
                 )
                 for dim in self.group_dims
             ]
         )
 
+    @classmethod
+    def from_collections(
+        cls, groups: Sequence[AttentionGroup], collections: Sequence[nn.Module], **kwargs: Any
+    ) -> "DINInteraction":
+        """Build with each feature's dim and table read from the embedding collections."""
+        dims, tables = feature_specs(collections)
+        return cls(groups, dims, feature_tables=tables, **kwargs)
+
     def forward(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         outputs: List[Tensor] = []
-        for group, attention in zip(self.groups, self.attention):
-            query = group_candidates(embeddings, group)
-            values, lengths = group_history(embeddings, group)
+        for i, attention in enumerate(self.attention):
+            query = self.group_candidates(embeddings, i)
+            values, lengths = self.group_history(embeddings, i)
             outputs.append(attention.attend(query, values, lengths)[0])
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
@@ -199,10 +281,12 @@ class SumPoolingInteraction(_GroupedInteraction):
     Args:
         groups (Sequence[AttentionGroup]): candidate -> history groups (candidates are
             validated but only the histories are pooled).
-        embedding_dim (int): D of every feature.
+        embedding_dim (Union[int, Dict[str, int]]): D of every feature, or feature -> D.
+        feature_tables (Optional[Dict[str, str]]): feature -> table name, for messages.
+        validate_inputs (bool): value checks, as for :class:`DINInteraction`.
 
     Shapes:
-        output: [B, sum over groups of len(features) * D]; an empty history gives zeros.
+        output: [B, sum of group widths]; an empty history gives zeros.
 
     Example::
 
@@ -212,7 +296,9 @@ class SumPoolingInteraction(_GroupedInteraction):
 
     def forward(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         outputs: List[Tensor] = []
-        for group in self.groups:
-            values, lengths = group_history(embeddings, group)
-            outputs.append(segment_sum(values, lengths))
+        for i in range(len(self.group_names)):
+            values, lengths = self.group_history(embeddings, i)
+            if self.validate_inputs:
+                check_lengths(values, lengths, self.history_features[i][0])
+            outputs.append(segment_sum(values, lengths, None))
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]

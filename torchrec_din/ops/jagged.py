@@ -6,11 +6,14 @@ behaviours of all B samples back to back (oldest..newest within a sample) and
 
 Each public function has one call and an ``impl`` switch:
 
-* ``"reference"``: a per-segment loop over ``torch.split``; obviously right, slow.
-  It exists to test the fast paths against.
-* ``"torch"`` (default): vectorised index/scatter ops, differentiable, fx- and
-  TorchScript-friendly.
+* ``"reference"``: a per-segment loop over ``torch.split``; obviously right, slow, and it
+  reads ``lengths`` on the host. It exists to test the fast paths against.
+* ``"torch"`` (default): vectorised index/scatter ops, differentiable, no host sync,
+  fx-traceable as a leaf, TorchScript- and ``torch.export``-friendly (B and N dynamic).
 * ``"fbgemm"``: FBGEMM's jagged kernels where one exists (``segment_softmax``).
+
+Every function is scriptable as a whole (all branches compile), so a scripted model may
+call them with any ``impl``.
 """
 
 from typing import List, Optional
@@ -23,7 +26,7 @@ IMPLS = ("reference", "torch", "fbgemm")
 
 def _check_impl(impl: str, allowed: List[str]) -> None:
     if impl not in allowed:
-        raise ValueError(f"impl must be one of {allowed}, got {impl!r}")
+        raise ValueError("impl must be one of " + str(allowed) + ", got '" + impl + "'")
 
 
 def lengths_to_segment_ids(lengths: Tensor, num_values: Optional[int] = None) -> Tensor:
@@ -31,15 +34,15 @@ def lengths_to_segment_ids(lengths: Tensor, num_values: Optional[int] = None) ->
 
     Args:
         lengths (Tensor): [B] non-negative segment lengths.
-        num_values (Optional[int]): N = lengths.sum(), if the caller knows it; passing it
-            avoids a device sync.
+        num_values (Optional[int]): N = lengths.sum(). Pass it (e.g. ``values.size(0)``):
+            without it ``repeat_interleave`` reads the total on the host (a device sync).
 
     Returns:
         Tensor: [N] int64, ``segment_ids[j] = b`` for every value j of sample b.
 
     Example::
 
-        lengths_to_segment_ids(torch.tensor([2, 0, 1]))  # tensor([0, 0, 2])
+        lengths_to_segment_ids(torch.tensor([2, 0, 1]), 3)  # tensor([0, 0, 2])
     """
     batch = torch.arange(lengths.numel(), device=lengths.device)
     return torch.repeat_interleave(batch, lengths, output_size=num_values)
@@ -56,7 +59,8 @@ def broadcast_to_segments(
     Args:
         x (Tensor): [B, ...] one row per sample.
         lengths (Tensor): [B] segment lengths.
-        segment_ids (Optional[Tensor]): [N] from :func:`lengths_to_segment_ids`, to reuse.
+        segment_ids (Optional[Tensor]): [N] from :func:`lengths_to_segment_ids`; pass it
+            to reuse it and to avoid the host sync of computing it without N.
         impl (str): "reference" or "torch".
 
     Returns:
@@ -69,8 +73,12 @@ def broadcast_to_segments(
     """
     _check_impl(impl, ["reference", "torch"])
     if impl == "reference":
-        parts = [x[b : b + 1].expand(int(n), *x.shape[1:]) for b, n in enumerate(lengths.tolist())]
-        return torch.cat(parts, 0) if parts else x[:0]
+        counts: List[int] = lengths.tolist()
+        parts: List[Tensor] = []
+        for b, n in enumerate(counts):
+            shape: List[int] = [n] + list(x.shape[1:])
+            parts.append(x[b : b + 1].expand(shape))
+        return torch.cat(parts, 0) if len(parts) > 0 else x[:0]
     if segment_ids is None:
         segment_ids = lengths_to_segment_ids(lengths)
     return x.index_select(0, segment_ids)
@@ -99,15 +107,16 @@ def segment_sum(
         # tensor([[3.], [0.], [3.]])
     """
     _check_impl(impl, ["reference", "torch"])
+    tail: List[int] = list(values.shape[1:])
     if impl == "reference":
-        chunks = torch.split(values, lengths.tolist(), dim=0)
-        rows = [c.sum(0) for c in chunks]
-        if not rows:
-            return values.new_zeros((0,) + tuple(values.shape[1:]))
+        counts: List[int] = lengths.tolist()
+        rows: List[Tensor] = [c.sum(0) for c in torch.split(values, counts, dim=0)]
+        if len(rows) == 0:
+            return values.new_zeros([0] + tail)
         return torch.stack(rows, 0)
     if segment_ids is None:
         segment_ids = lengths_to_segment_ids(lengths, values.size(0))
-    out = values.new_zeros((lengths.numel(),) + tuple(values.shape[1:]))
+    out = values.new_zeros([lengths.numel()] + tail)
     return out.index_add(0, segment_ids, values)
 
 
@@ -136,20 +145,22 @@ def segment_softmax(
     """
     _check_impl(impl, ["reference", "torch", "fbgemm"])
     if impl == "reference":
-        chunks = torch.split(scores, lengths.tolist(), dim=0)
-        return torch.cat([torch.softmax(c, 0) for c in chunks], 0) if chunks else scores
+        counts: List[int] = lengths.tolist()
+        chunks = torch.split(scores, counts, dim=0)
+        return torch.cat([torch.softmax(c, 0) for c in chunks], 0) if len(counts) > 0 else scores
     if impl == "fbgemm":
         offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
-        max_len = int(lengths.max().item()) if lengths.numel() > 0 else 0
-        out, _ = torch.ops.fbgemm.jagged_softmax(scores.view(-1, 1), offsets, max_len)
+        # FBGEMM needs a bound on the segment length; N bounds every segment and is known
+        # without reading ``lengths`` on the host.
+        out, _ = torch.ops.fbgemm.jagged_softmax(scores.view(-1, 1), offsets, scores.size(0))
         return out.view(-1)
     if segment_ids is None:
         segment_ids = lengths_to_segment_ids(lengths, scores.size(0))
     num_segments = lengths.numel()
     # Shift by the per-segment max for stability; the shift cancels, so no gradient is needed.
     seg_max = torch.full(
-        (num_segments,), float("-inf"), dtype=scores.dtype, device=scores.device
+        [num_segments], float("-inf"), dtype=scores.dtype, device=scores.device
     ).scatter_reduce(0, segment_ids, scores.detach(), reduce="amax", include_self=True)
     exp = torch.exp(scores - seg_max.index_select(0, segment_ids))
-    denom = scores.new_zeros(num_segments).index_add(0, segment_ids, exp)
+    denom = scores.new_zeros([num_segments]).index_add(0, segment_ids, exp)
     return exp / denom.index_select(0, segment_ids)

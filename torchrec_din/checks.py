@@ -1,0 +1,269 @@
+"""Input checks for the DIN modules and models: the one place they live, apart from the math.
+
+TorchRec and FBGEMM do not validate inputs: an out-of-range id can read garbage or crash
+deep inside a kernel, and a jagged tensor whose lengths do not match its values splits
+wrongly. The checks here raise a ValueError that names the feature (and its table), the
+offending value and the batch row.
+
+Two kinds, with different costs:
+
+* **Shape checks** (``check_*_shapes``, ``get_feature``, ``check_feature_dim``) compare
+  sizes and types only. They never read tensor data, cost nothing on a GPU, and always run.
+* **Value checks** (``check_lengths``, ``check_candidate_lengths``, ``check_equal_lengths``,
+  ``check_kjt``, ``check_dense``, ``check_labels``) read data: sums, minima, id ranges.
+  Each reads a few scalars on the host (a device sync on a GPU), so the modules run them
+  only when their ``validate_inputs`` switch is on (the default). With it off a forward
+  and backward do no host sync. Under ``torch.export`` / ``torch.compile`` they become
+  ``torch._assert_async`` device asserts (no sync, a fixed message without the row).
+
+Every function is TorchScript-compatible (the modules stay scriptable with checks on) and
+is registered as an fx leaf where the modules call it, since it branches on data.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+
+def _first_true(mask: Tensor) -> int:
+    """Position of the first True in a 1-D bool mask (reads it on the host)."""
+    return int(torch.argmax(mask.to(torch.int32)).item())
+
+
+def _first_bad_row(bad: Tensor, compiled_message: str) -> int:
+    """Row of the first True in the 1-D mask ``bad``, or -1 if none (one host read).
+
+    Under ``torch.export`` / ``torch.compile`` the data cannot be read: the check becomes a
+    device assert carrying ``compiled_message`` and -1 is returned.
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), compiled_message)
+        return -1
+    if not bool(bad.any()):
+        return -1
+    return _first_true(bad)
+
+
+def describe(name: str, table: str) -> str:
+    """``feature 'name' (table 'table')`` for messages; the table part only when known."""
+    if table == "":
+        return "feature '" + name + "'"
+    return "feature '" + name + "' (table '" + table + "')"
+
+
+def check_attention_shapes(query: Tensor, values: Tensor, lengths: Tensor, dim: int) -> None:
+    """Shapes of one attention call: query [B, dim], values [N, dim], lengths [B]."""
+    if query.dim() != 2 or query.size(1) != dim:
+        raise ValueError(
+            f"query must be [B, {dim}] (one candidate embedding per sample), "
+            f"got shape {list(query.shape)}"
+        )
+    if values.dim() != 2 or values.size(1) != dim:
+        raise ValueError(
+            f"keys.values() must be [N, {dim}] (one row per behaviour), "
+            f"got shape {list(values.shape)}"
+        )
+    if lengths.dim() != 1 or lengths.size(0) != query.size(0):
+        raise ValueError(
+            f"keys.lengths() must be [B] with B = {query.size(0)} query rows (one history "
+            f"per candidate), got shape {list(lengths.shape)}"
+        )
+
+
+def check_lengths(values: Tensor, lengths: Tensor, name: str) -> None:
+    """Value check: ``lengths`` are non-negative and sum to the rows of ``values``."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(
+            (lengths.sum() == values.size(0)) & (lengths >= 0).all(),
+            "jagged lengths must be >= 0 and sum to the number of value rows",
+        )
+        return
+    if lengths.numel() == 0:
+        if values.size(0) != 0:
+            raise ValueError(f"{name} has no histories but {name}.values() has "
+                             f"{values.size(0)} rows")
+        return
+    low = int(lengths.min().item())
+    if low < 0:
+        row = _first_true(lengths < 0)
+        raise ValueError(f"{name}.lengths() must be >= 0, row {row} has {low}")
+    total = int(lengths.sum().item())
+    if total != values.size(0):
+        raise ValueError(
+            f"{name}.lengths() sum to {total} but {name}.values() has {values.size(0)} rows; "
+            "they must be equal"
+        )
+
+
+def get_feature(
+    embeddings: Dict[str, JaggedTensor], name: str, table: str, group: str
+) -> JaggedTensor:
+    """``embeddings[name]``, with clear errors for a missing or a pooled feature."""
+    keys: List[str] = list(embeddings.keys())
+    if name not in keys:
+        raise ValueError(
+            f"group '{group}': {describe(name, table)} is missing from the "
+            f"embeddings; got {keys}"
+        )
+    jt = embeddings[name]
+    if not torch.jit.is_scripting() and not isinstance(jt, JaggedTensor):
+        raise ValueError(
+            f"group '{group}': {describe(name, table)} is a {type(jt).__name__}, "
+            "not a JaggedTensor: it comes from an EmbeddingBagCollection, which pools a "
+            "history into one vector. Look it up with an EmbeddingCollection (one row per "
+            "behaviour) instead"
+        )
+    return jt
+
+
+def check_feature_dim(values: Tensor, name: str, table: str, dim: int, group: str) -> None:
+    """Shape check: a feature's embeddings are [rows, dim] as the group was built for."""
+    if values.dim() != 2 or values.size(1) != dim:
+        raise ValueError(
+            f"group '{group}': {describe(name, table)} has embeddings of shape "
+            f"{list(values.shape)}, but the group was built for embedding dim {dim}; "
+            "pass the table's dim for this feature to the interaction"
+        )
+
+
+def check_candidate_lengths(lengths: Tensor, name: str, table: str) -> None:
+    """Value check: a candidate feature has exactly one id per sample."""
+    row = _first_bad_row(lengths != 1, "candidate features need exactly one id per sample")
+    if row >= 0:
+        raise ValueError(
+            f"candidate {describe(name, table)} must have exactly one id per "
+            f"sample; row {row} has {int(lengths[row].item())}"
+        )
+
+
+def check_equal_lengths(
+    first: str, other: str, a: Tensor, b: Tensor, validate_values: bool
+) -> None:
+    """History features of one group have the same number of behaviours per sample.
+
+    The sample count is a shape check (always); the per-sample lengths are a value check
+    (``validate_values``).
+    """
+    if a.size(0) != b.size(0):
+        raise ValueError(
+            f"history features '{first}' and '{other}' have {a.size(0)} and {b.size(0)} "
+            "samples; they must be equal"
+        )
+    if not validate_values:
+        return
+    row = _first_bad_row(a != b, "history features of a group need equal lengths")
+    if row >= 0:
+        raise ValueError(
+            f"history features '{first}' and '{other}' must have equal lengths per sample; "
+            f"row {row} has {int(a[row].item())} vs {int(b[row].item())}"
+        )
+
+
+def check_kjt(
+    kjt: Optional[KeyedJaggedTensor],
+    name: str,
+    num_rows: Dict[str, int],
+    tables: Dict[str, str],
+) -> None:
+    """Value check of a KJT against the features a collection expects.
+
+    Args:
+        kjt: the input (None is an error).
+        name: the argument's name, for messages (e.g. "sequence_features").
+        num_rows: feature -> rows of its table (ids must be in [0, rows)).
+        tables: feature -> table name.
+    """
+    expected: List[str] = list(num_rows.keys())
+    if kjt is None:
+        raise ValueError(f"{name} is None but the model needs features {expected}")
+    keys = kjt.keys()
+    missing: List[str] = []
+    unexpected: List[str] = []
+    for k in expected:
+        if k not in keys:
+            missing.append(k)
+    for k in keys:
+        if k not in expected:
+            unexpected.append(k)
+    if len(missing) > 0 or len(unexpected) > 0:
+        raise ValueError(
+            f"{name}: missing feature(s) {missing}, unexpected feature(s) {unexpected}; "
+            f"expected exactly {expected}"
+        )
+    lengths, values = kjt.lengths(), kjt.values()
+    stride = kjt.stride()
+    if stride == 0:
+        raise ValueError(f"{name}: empty batch (0 samples)")
+    num_keys = len(keys)
+    if lengths.numel() != stride * num_keys:
+        raise ValueError(
+            f"{name}: lengths has {lengths.numel()} entries, expected batch size {stride} x "
+            f"{num_keys} features = {stride * num_keys}"
+        )
+    if int(lengths.min().item()) < 0:
+        pos = _first_true(lengths < 0)
+        raise ValueError(
+            f"{name}: feature '{keys[pos // stride]}' has negative length "
+            f"{int(lengths[pos].item())} at batch row {pos % stride}"
+        )
+    total = int(lengths.sum().item())
+    if total != values.numel():
+        raise ValueError(
+            f"{name}: lengths sum to {total} but values holds {values.numel()} ids; "
+            "they must be equal"
+        )
+    per_key = lengths.view(num_keys, stride).sum(1)
+    limits = torch.tensor([num_rows[k] for k in keys], dtype=values.dtype,
+                          device=values.device)
+    limit_per_value = torch.repeat_interleave(limits, per_key, output_size=total)
+    bad = (values < 0) | (values >= limit_per_value)
+    if bool(bad.any()):
+        pos = _first_true(bad)
+        ends = torch.cumsum(per_key, 0)
+        key_index = int((ends <= pos).sum().item())
+        key = keys[key_index]
+        start = int(ends[key_index].item()) - int(per_key[key_index].item())
+        row_ends = torch.cumsum(lengths.view(num_keys, stride)[key_index], 0)
+        row = int((row_ends <= pos - start).sum().item())
+        raise ValueError(
+            f"{name}: feature '{key}' (table '{tables[key]}', {num_rows[key]} rows) has id "
+            f"{int(values[pos].item())} at batch row {row}; ids must be in [0, {num_rows[key]})"
+        )
+
+
+def check_dense(
+    dense: Optional[Tensor], batch_size: int, in_features: int, validate_values: bool
+) -> None:
+    """Dense features are [B, F] (shape check) and finite (value check)."""
+    if dense is None:
+        raise ValueError(f"dense_features is None but the model needs [B, {in_features}]")
+    if dense.dim() != 2 or dense.size(1) != in_features:
+        raise ValueError(
+            f"dense_features must be [B, {in_features}], got shape {list(dense.shape)}"
+        )
+    if dense.size(0) != batch_size:
+        raise ValueError(
+            f"dense_features has {dense.size(0)} rows but the sparse features hold "
+            f"{batch_size} samples"
+        )
+    if not validate_values:
+        return
+    bad = ~torch.isfinite(dense)
+    if bool(bad.any()):
+        pos = _first_true(bad.reshape(-1))
+        row, col = pos // in_features, pos % in_features
+        raise ValueError(
+            f"dense_features has a non-finite value {dense[row, col].item()} at batch row "
+            f"{row}, column {col}"
+        )
+
+
+def check_labels(labels: Tensor, batch_size: int) -> None:
+    """Value check: labels are [B] and each 0 or 1."""
+    if labels.dim() != 1 or labels.numel() != batch_size:
+        raise ValueError(f"labels must be [B] with B = {batch_size}, got {list(labels.shape)}")
+    row = _first_bad_row((labels != 0) & (labels != 1), "labels must be 0 or 1")
+    if row >= 0:
+        raise ValueError(f"labels must be 0 or 1; batch row {row} has {labels[row].item()}")
