@@ -17,7 +17,7 @@ from torchrec_din import DINTrain
 from torchrec_din.data.synthetic import generate_synthetic
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.distributed import dense_parameters, make_sharders, shard
-from torchrec_din.distributed.planning import constraints_for
+from torchrec_din.distributed import planner_constraints
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.config import load_config
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -34,8 +34,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")))
 
-    sharders = make_sharders("adagrad", learning_rate=0.05)
-    constraints = constraints_for(config, ["item", "cate"], ["user"], device.type)
+    sharders = make_sharders("adagrad", learning_rate=0.05, device_type=device.type)
+    # Pooling factors: a history feature looks up its whole history per sample.
+    mean = float(table.summary()["train"]["mean_history"])
+    constraints = planner_constraints(model, {"hist_item": mean, "hist_cate": mean}, device.type)
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type),
         constraints=constraints)

@@ -45,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "plan":
-        from torchrec_din.distributed.planning import print_plan
+        from torchrec_din.train.planning import print_plan
         from torchrec_din.train import load_config
         from torchrec_din.train.builder import build_table
 
@@ -54,8 +54,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (KeyError, ValueError, FileNotFoundError) as e:
             print(f"error: bad config: {e}", file=sys.stderr)
             return 2
-        vocab = build_table(config["data"], int(config["seed"])).vocab
-        print_plan(config, vocab, args.world_size, args.compute_device)
+        table = build_table(config["data"], int(config["seed"]))
+        print_plan(config, table.vocab, args.world_size, args.compute_device,
+                   mean_history=table.summary()["train"]["mean_history"])
         return 0
     if args.command in ("export", "score"):
         return _serve(args)

@@ -46,8 +46,8 @@ def _sharded(rank, world_size, item_sharding, pooled_sharding, initial):
         ec, ebc = toy_collections()
         model = DINTrain(DIN(ec, TOY_GROUPS, ebc, dense_in_features=2))
         sharders = make_sharders("sgd", LR)
-        plan = manual_plan(model, {"item": item_sharding, "cate": "table_wise"},
-                           {"user": pooled_sharding}, world_size, sharders, prefix="model.")
+        plan = manual_plan(model, {"item": item_sharding, "cate": "table_wise",
+                                   "user": pooled_sharding}, world_size, sharders)
         dmp = shard(model, plan, sharders, ctx.pg)
         load_full_state_dict(dmp, initial)
         opt = torch.optim.SGD([p for _, p in dense_parameters(dmp)], lr=LR)

@@ -71,3 +71,81 @@ def test_group_validation() -> None:
         AttentionGroup("g", ["item", "cate"], ["hist_item"])
     with pytest.raises(ValueError, match="unique"):
         DINInteraction([TOY_GROUPS[0], TOY_GROUPS[0]], 8)
+
+
+def _two_dim_collections():
+    from torchrec import EmbeddingCollection, EmbeddingConfig
+
+    torch.manual_seed(0)
+    # torchrec's EmbeddingCollection holds one dim, so mixed dims come from two collections.
+    items = EmbeddingCollection(tables=[EmbeddingConfig(
+        name="item_table", embedding_dim=12, num_embeddings=50, feature_names=["item", "hist_item"])])
+    cates = EmbeddingCollection(tables=[EmbeddingConfig(
+        name="cate_table", embedding_dim=4, num_embeddings=7, feature_names=["cate", "hist_cate"])])
+    return items, cates
+
+
+def _two_dim_embeddings(items, cates, lengths):
+    kjt = toy_batch(lengths).sequence_features.to_dict()
+    from torchrec import KeyedJaggedTensor
+
+    def sub(keys):
+        return KeyedJaggedTensor.from_jt_dict({k: kjt[k] for k in keys})
+
+    return {**items(sub(["item", "hist_item"])), **cates(sub(["cate", "hist_cate"]))}
+
+
+def test_group_mixes_embedding_dims() -> None:
+    items, cates = _two_dim_collections()
+    emb = _two_dim_embeddings(items, cates, [3, 0, 2])
+    din = DINInteraction.from_collections(TOY_GROUPS, [items, cates], hidden_units=(8,))
+    assert din.group_dims == [16] and din.output_dim == 16
+    out = din(emb)
+    query = torch.cat([emb["item"].values(), emb["cate"].values()], 1)
+    keys = JaggedTensor(values=torch.cat([emb["hist_item"].values(),
+                                          emb["hist_cate"].values()], 1),
+                        lengths=emb["hist_item"].lengths())
+    torch.testing.assert_close(out, din.attention[0](query, keys))
+    torch.testing.assert_close(torch.jit.script(din)(emb), out)
+
+
+def test_dim_mismatch_names_feature_table_and_both_dims() -> None:
+    items, cates = _two_dim_collections()
+    emb = _two_dim_embeddings(items, cates, [3, 0, 2])
+    dims = {"item": 12, "hist_item": 12, "cate": 8, "hist_cate": 8}
+    tables = {"item": "item_table", "hist_item": "item_table", "cate": "cate_table",
+              "hist_cate": "cate_table"}
+    din = DINInteraction(TOY_GROUPS, dims, feature_tables=tables)
+    with pytest.raises(ValueError, match=r"feature 'cate' \(table 'cate_table'\) has embeddings "
+                                         r"of shape \[3, 4\], but the group was built for "
+                                         r"embedding dim 8"):
+        din(emb)
+    with pytest.raises(ValueError, match=r"candidate feature 'item' \(table 'item_table'\) has "
+                                         r"dim 12 and history feature 'hist_item' \(table "
+                                         r"'item_table'\) has dim 6"):
+        DINInteraction(TOY_GROUPS, {**dims, "hist_item": 6}, feature_tables=tables)
+    with pytest.raises(ValueError, match=r"no dim for feature\(s\) \['hist_cate'\]"):
+        DINInteraction(TOY_GROUPS, {k: v for k, v in dims.items() if k != "hist_cate"})
+
+
+def test_history_from_an_embedding_bag_collection_is_refused_with_the_fix() -> None:
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
+    ec, _ = toy_collections()
+    bags = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        name="item_bag", embedding_dim=8, num_embeddings=50, feature_names=["hist_item"])])
+    with pytest.raises(ValueError, match=r"'hist_item' \(table 'item_bag'\) comes from an "
+                                         r"EmbeddingBagCollection.*need an EmbeddingCollection"):
+        DINInteraction.from_collections(
+            [AttentionGroup("g", ["item"], ["hist_item"])], [ec, bags])
+    # At run time: a pooled [B, D] tensor where a JaggedTensor should be.
+    batch = toy_batch([2, 1])
+    emb = dict(ec(batch.sequence_features))
+    from torchrec import KeyedJaggedTensor
+
+    hist = batch.sequence_features.to_dict()["hist_item"]
+    emb["hist_item"] = bags(KeyedJaggedTensor.from_jt_dict({"hist_item": hist})).to_dict()["hist_item"]
+    din = DINInteraction([AttentionGroup("g", ["item"], ["hist_item"])], 8)
+    with pytest.raises(ValueError, match="is a Tensor, not a JaggedTensor: it comes from an "
+                                         "EmbeddingBagCollection"):
+        din(emb)

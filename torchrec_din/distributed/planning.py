@@ -1,91 +1,87 @@
-"""Sharding plans from the TorchRec planner for a config, on the meta device (no GPU needed)."""
+"""TorchRec planner constraints for any model holding TorchRec collections.
 
-import logging
-import sys
-from typing import Any, Dict, List, Optional
+The planner estimates each table's input size, communication and lookup cost from the
+number of ids a sample looks up in it: its per-feature *pooling factor*. Given none, it
+assumes 1.0. That is right for a candidate feature, but a history feature looks up the
+whole history, so its cost would be under-counted by the mean history length.
+:func:`planner_constraints` carries each feature's mean length into the constraints.
+"""
 
-import torch
-from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from typing import Dict, List, Mapping, Optional
+
+from torch import nn
 from torchrec.distributed.planner.types import ParameterConstraints
-from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from torchrec_din.distributed.sharding import make_sharders
-from torchrec_din.train.builder import build_model
+from torchrec_din.distributed.sharding import find_collections
 
-TABLE_KEYS = ("num_embeddings", "sharding_types", "compute_kernels")
-# What works on CPU (PLATFORM_NOTES): sequence tables need the fused kernel and no
-# data_parallel; the planner refuses row_wise for pooled tables on CPU.
-CPU_SEQUENCE = ParameterConstraints(sharding_types=["table_wise", "row_wise", "column_wise"],
-                                    compute_kernels=["fused"])
-CPU_POOLED = ParameterConstraints(sharding_types=["table_wise", "data_parallel"])
+# What works on CPU (gloo): sequence tables need the fused kernel and no data_parallel; the
+# planner refuses row_wise for pooled tables on CPU.
+CPU_SEQUENCE_SHARDING = ["table_wise", "row_wise", "column_wise"]
+CPU_POOLED_SHARDING = ["table_wise", "data_parallel"]
 
 
-def table_overrides(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    tables = config.get("tables") or {}
-    for name, spec in tables.items():
-        if not isinstance(spec, dict) or any(k not in TABLE_KEYS for k in spec):
-            raise ValueError(f"tables.{name} must be a mapping with keys from {list(TABLE_KEYS)}, "
-                             f"got {spec!r}")
-    return tables
+def planner_constraints(
+    module: nn.Module,
+    mean_lengths: Optional[Mapping[str, float]] = None,
+    compute_device: str = "cuda",
+    overrides: Optional[Mapping[str, ParameterConstraints]] = None,
+) -> Dict[str, ParameterConstraints]:
+    """Per-table ParameterConstraints with pooling factors and CPU-safe choices.
 
+    Args:
+        module: any nn.Module holding EmbeddingCollection / EmbeddingBagCollection modules.
+        mean_lengths: feature -> mean ids per sample (e.g. ``{"hist_item": 37.5}``); features
+            not named get 1.0 (one id per sample).
+        compute_device: "cuda" or "cpu"; on "cpu" the sharding types and kernels are limited
+            to what runs there.
+        overrides: table -> constraints whose ``sharding_types`` / ``compute_kernels`` (when
+            set) replace the defaults.
 
-def constraints_for(config: Dict[str, Any], sequence_tables: List[str],
-                    pooled_tables: List[str], compute_device: str) -> Dict[str, ParameterConstraints]:
-    """Planner constraints: CPU-safe defaults, then the config's per-table choices."""
-    out: Dict[str, ParameterConstraints] = {}
-    if compute_device == "cpu":
-        out.update({t: CPU_SEQUENCE for t in sequence_tables})
-        out.update({t: CPU_POOLED for t in pooled_tables})
-    for name, spec in table_overrides(config).items():
-        if "sharding_types" in spec or "compute_kernels" in spec:
-            base = out.get(name, ParameterConstraints())
-            out[name] = ParameterConstraints(
-                sharding_types=spec.get("sharding_types", base.sharding_types),
-                compute_kernels=spec.get("compute_kernels", base.compute_kernels))
-    return out
+    Returns:
+        Dict[str, ParameterConstraints]: for ``EmbeddingShardingPlanner(constraints=...)``.
 
+    Example::
 
-def plan_for_config(config: Dict[str, Any], vocab: Dict[str, int], world_size: int,
-                    compute_device: str = "cuda", local_world_size: Optional[int] = None,
-                    batch_size: Optional[int] = None) -> ShardingPlan:
-    """The planner's plan for the config's model, built on the meta device.
-
-    ``config["tables"][name]["num_embeddings"]`` overrides a table's size (e.g. a
-    production-sized item table). The planner logs its per-rank statistics (memory, perf)
-    to the ``torchrec.distributed.planner.stats`` logger.
+        constraints = planner_constraints(my_ranker, {"click_item": 40.0, "buy_item": 6.0})
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     """
-    vocab = dict(vocab)
-    for name, spec in table_overrides(config).items():
-        if "num_embeddings" in spec:
-            vocab[name] = int(spec["num_embeddings"])
-    model = build_model(vocab, config, device=torch.device("meta"))
-    sequence = [c.name for c in model.embedding_collection.embedding_configs()]
-    pooled = ([c.name for c in model.embedding_bag_collection.embedding_bag_configs()]
-              if model.embedding_bag_collection is not None else [])
-    unknown = [t for t in table_overrides(config) if t not in sequence + pooled]
+    mean_lengths = dict(mean_lengths or {})
+    overrides = dict(overrides or {})
+    out: Dict[str, ParameterConstraints] = {}
+    seen: List[str] = []
+    for collection in find_collections(module).values():
+        sequence = isinstance(collection, EmbeddingCollection)
+        configs = (collection.embedding_configs() if sequence
+                   else collection.embedding_bag_configs())
+        for config in configs:
+            factors = []
+            for feature in config.feature_names:
+                factor = float(mean_lengths.get(feature, 1.0))
+                if not factor > 0:
+                    raise ValueError(f"mean length of feature {feature!r} must be > 0, got "
+                                     f"{factor}")
+                factors.append(factor)
+            sharding_types: Optional[List[str]] = None
+            kernels: Optional[List[str]] = None
+            if compute_device == "cpu":
+                sharding_types = list(CPU_SEQUENCE_SHARDING if sequence else CPU_POOLED_SHARDING)
+                kernels = ["fused"] if sequence else None
+            override = overrides.get(config.name)
+            if override is not None:
+                sharding_types = override.sharding_types or sharding_types
+                kernels = override.compute_kernels or kernels
+            out[config.name] = ParameterConstraints(
+                sharding_types=sharding_types, compute_kernels=kernels, pooling_factors=factors)
+            seen.append(config.name)
+    unknown = sorted(set(overrides) - set(seen))
     if unknown:
-        raise ValueError(f"tables {unknown} are not in the model; it has {sequence + pooled}")
-    topology = Topology(world_size=world_size, compute_device=compute_device,
-                        local_world_size=local_world_size or min(world_size, 8))
-    planner = EmbeddingShardingPlanner(
-        topology=topology, batch_size=batch_size or config["train"]["batch_size"],
-        constraints=constraints_for(config, sequence, pooled, compute_device))
-    sharders = make_sharders(config["train"]["optimizer"], config["train"]["learning_rate"])
-    return planner.plan(model, sharders)
-
-
-def print_plan(config: Dict[str, Any], vocab: Dict[str, int], world_size: int,
-               compute_device: str) -> ShardingPlan:
-    """Plan and print the planner's statistics table and the plan."""
-    stats = logging.getLogger("torchrec.distributed.planner.stats")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    stats.addHandler(handler)
-    stats.setLevel(logging.INFO)
-    stats.propagate = False
-    try:
-        plan = plan_for_config(config, vocab, world_size, compute_device)
-    finally:
-        stats.removeHandler(handler)
-    print(plan)
-    return plan
+        raise ValueError(f"tables {unknown} are not in the model; it has {seen}")
+    known_features = {f for c in find_collections(module).values()
+                      for f in (c.embedding_configs() if isinstance(c, EmbeddingCollection)
+                                else c.embedding_bag_configs()) for f in f.feature_names}
+    stray = sorted(set(mean_lengths) - known_features)
+    if stray:
+        raise ValueError(f"mean_lengths names features {stray} that no table of the model "
+                         f"reads; it has {sorted(known_features)}")
+    return out

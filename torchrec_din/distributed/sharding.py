@@ -1,9 +1,15 @@
-"""Sharding DIN with TorchRec: sharders, manual plans, DistributedModelParallel.
+"""Sharding any model that holds TorchRec collections: sharders, manual plans, DMP helpers.
 
-CPU facts this follows (../shared/PLATFORM_NOTES.md): sequence (EmbeddingCollection) tables
-must use the ``fused`` compute kernel and never ``data_parallel`` on CPU; pooled tables may
-be data_parallel. The sharded collections update their tables with a fused optimizer (in the
-backward pass), so the dense optimizer must skip them (:func:`dense_parameters`).
+Nothing here assumes our own model: collections are found by walking the module, as
+TorchRec's planner does. Facts about CPU (gloo) training that these helpers encode:
+
+* FBGEMM's CPU tables implement only the fused optimizers sgd, adagrad and
+  rowwise_adagrad; CUDA adds adam and others.
+* Sequence (EmbeddingCollection) tables on CPU need the ``fused`` compute kernel: the
+  ``dense`` kernel returns pooled rows for unpooled lookups there (FBGEMM issue 4586), and
+  ``data_parallel`` (which forces it) fails for them. Pooled tables may be data_parallel.
+* The sharded collections update their tables with the fused optimizer in the backward
+  pass, so the dense optimizer must skip them (:func:`dense_parameters`).
 """
 
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -21,35 +27,66 @@ from torchrec.distributed.sharding_plan import (
     table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 _FUSED_OPTIMIZERS = {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
                      "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-                     "adam": EmbOptimType.ADAM}
+                     "adam": EmbOptimType.ADAM, "lamb": EmbOptimType.LAMB,
+                     "lars_sgd": EmbOptimType.LARS_SGD}
 # FBGEMM's CPU tables implement only these fused optimizers.
 CPU_FUSED_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 
-def make_sharders(optimizer: str = "sgd", learning_rate: float = 0.01) -> List[ModuleSharder]:
-    """Sharders for the EmbeddingCollection and EmbeddingBagCollection with a fused optimizer."""
-    if optimizer not in _FUSED_OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(_FUSED_OPTIMIZERS)}, got {optimizer!r}")
+def fused_optimizers(device_type: str) -> Tuple[str, ...]:
+    """Fused (in-backward) table optimizers FBGEMM implements on ``device_type``."""
+    return CPU_FUSED_OPTIMIZERS if device_type == "cpu" else tuple(_FUSED_OPTIMIZERS)
+
+
+def make_sharders(
+    optimizer: str = "sgd", learning_rate: float = 0.01, device_type: str = "cpu"
+) -> List[ModuleSharder]:
+    """Sharders for EmbeddingCollection and EmbeddingBagCollection with a fused optimizer.
+
+    Args:
+        optimizer: fused table optimizer, checked against what FBGEMM has on the device.
+        learning_rate: its learning rate.
+        device_type: "cpu" or "cuda".
+    """
+    available = fused_optimizers(device_type)
+    if optimizer not in available:
+        raise ValueError(f"optimizer must be one of {list(available)} for embedding tables on "
+                         f"{device_type} (FBGEMM's fused optimizers there), got {optimizer!r}")
     fused = {"optimizer": _FUSED_OPTIMIZERS[optimizer], "learning_rate": learning_rate}
     return [EmbeddingCollectionSharder(fused_params=fused),
             EmbeddingBagCollectionSharder(fused_params=fused)]
 
 
-def _generator(sharding_type: str, world_size: int, sequence: bool):
+def find_collections(module: nn.Module) -> Dict[str, nn.Module]:
+    """Every EmbeddingCollection / EmbeddingBagCollection in ``module``, by module path."""
+    return {path: m for path, m in module.named_modules()
+            if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection))}
+
+
+def collection_tables(collection: nn.Module) -> List[str]:
+    """Table names of an (unsharded) EmbeddingCollection or EmbeddingBagCollection."""
+    if isinstance(collection, EmbeddingCollection):
+        return [c.name for c in collection.embedding_configs()]
+    return [c.name for c in collection.embedding_bag_configs()]
+
+
+def _generator(sharding_type: str, world_size: int, sequence: bool, device_type: str):  # noqa: ANN202
+    kernel = "fused"
     if sharding_type == "table_wise":
-        return table_wise(rank=0, compute_kernel="fused")
+        return table_wise(rank=0, compute_kernel=kernel)
     if sharding_type == "row_wise":
-        return row_wise(compute_kernel="fused")
+        return row_wise(compute_kernel=kernel)
     if sharding_type == "column_wise":
-        return column_wise(ranks=list(range(world_size)), compute_kernel="fused")
+        return column_wise(ranks=list(range(world_size)), compute_kernel=kernel)
     if sharding_type == "data_parallel":
-        if sequence:
+        if sequence and device_type == "cpu":
             raise ValueError("data_parallel is not supported for EmbeddingCollection tables on "
                              "CPU (torchrec returns pooled rows); use table_wise, row_wise or "
                              "column_wise")
@@ -59,33 +96,46 @@ def _generator(sharding_type: str, world_size: int, sequence: bool):
 
 def manual_plan(
     module: nn.Module,
-    sequence_tables: Dict[str, str],
-    pooled_tables: Dict[str, str],
+    sharding_types: Dict[str, str],
     world_size: int,
     sharders: List[ModuleSharder],
-    prefix: str = "",
     device_type: str = "cpu",
+    default: str = "table_wise",
 ) -> ShardingPlan:
-    """A ShardingPlan with one sharding type per table.
+    """A ShardingPlan with a chosen sharding type per table, for any module.
 
     Args:
-        module: the DIN model (or a wrapper; ``prefix`` is the path to the DIN model, e.g.
-            ``"model."`` for DINTrain).
-        sequence_tables / pooled_tables: table name -> sharding type.
+        module: any nn.Module holding TorchRec EmbeddingCollection /
+            EmbeddingBagCollection modules (found by walking it, at any depth).
+        sharding_types: table name -> "table_wise", "row_wise", "column_wise" or
+            "data_parallel"; tables not named get ``default``.
+        world_size: number of ranks.
+        sharders: from :func:`make_sharders`.
+        device_type: "cpu" (gloo) or "cuda".
+
+    Example::
+
+        plan = manual_plan(my_ranker, {"item": "row_wise"}, 2, make_sharders("sgd", 0.05))
+        dmp = shard(my_ranker, plan, sharders)
     """
-    model = module.get_submodule(prefix.rstrip(".")) if prefix else module
+    collections = find_collections(module)
+    if not collections:
+        raise ValueError(f"{type(module).__name__} holds no EmbeddingCollection or "
+                         "EmbeddingBagCollection to shard")
+    known = [t for c in collections.values() for t in collection_tables(c)]
+    unknown = sorted(set(sharding_types) - set(known))
+    if unknown:
+        raise ValueError(f"sharding_types names tables {unknown} that are not in the model; "
+                         f"it has {known}")
     plan: Dict[str, object] = {}
-    ec_sharder, ebc_sharder = sharders[0], sharders[1]
-    plan[f"{prefix}embedding_collection"] = construct_module_sharding_plan(
-        model.embedding_collection,
-        {t: _generator(s, world_size, True) for t, s in sequence_tables.items()},
-        sharder=ec_sharder, local_size=world_size, world_size=world_size,
-        device_type=device_type)
-    if model.embedding_bag_collection is not None and pooled_tables:
-        plan[f"{prefix}embedding_bag_collection"] = construct_module_sharding_plan(
-            model.embedding_bag_collection,
-            {t: _generator(s, world_size, False) for t, s in pooled_tables.items()},
-            sharder=ebc_sharder, local_size=world_size, world_size=world_size,
+    for path, collection in collections.items():
+        sequence = isinstance(collection, EmbeddingCollection)
+        sharder = next(s for s in sharders if isinstance(collection, s.module_type))
+        plan[path] = construct_module_sharding_plan(
+            collection,
+            {t: _generator(sharding_types.get(t, default), world_size, sequence, device_type)
+             for t in collection_tables(collection)},
+            sharder=sharder, local_size=world_size, world_size=world_size,
             device_type=device_type)
     return ShardingPlan(plan)
 

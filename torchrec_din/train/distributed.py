@@ -30,13 +30,12 @@ from tqdm import tqdm
 
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.distributed import (
-    CPU_FUSED_OPTIMIZERS,
     dense_parameters,
     gather_state_dict,
     make_sharders,
     shard,
 )
-from torchrec_din.distributed.planning import constraints_for
+from torchrec_din.train.planning import constraints_for, embedding_optimizer
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model, build_table
@@ -124,23 +123,16 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
                          int(data_cfg["num_workers"]), rank, world)
 
     model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")))
-    emb_opt, emb_lr = train_cfg["embedding_optimizer"], train_cfg["embedding_learning_rate"]
-    if emb_opt == "auto":
-        emb_opt = train_cfg["optimizer"]
-        if device.type == "cpu" and emb_opt not in CPU_FUSED_OPTIMIZERS:
-            emb_opt, emb_lr = "rowwise_adagrad", emb_lr or 0.05
-            if rank == 0:
-                print(f"[sharding] FBGEMM has no fused {train_cfg['optimizer']} on CPU: tables "
-                      f"use rowwise_adagrad (lr {emb_lr}); set train.embedding_optimizer to choose")
-    sharders = make_sharders(emb_opt, emb_lr or train_cfg["learning_rate"])
-    sequence = [c.name for c in model.model.embedding_collection.embedding_configs()]
-    pooled_tables = ([c.name for c in model.model.embedding_bag_collection.embedding_bag_configs()]
-                     if model.model.embedding_bag_collection is not None else [])
+    emb_opt, emb_lr, note = embedding_optimizer(train_cfg, device.type)
+    if note and rank == 0:
+        print(f"[sharding] {note}")
+    sharders = make_sharders(emb_opt, emb_lr, device.type)
+    mean_history = table.summary()["train"]["mean_history"]
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type,
                           local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world))),
         batch_size=train_cfg["batch_size"],
-        constraints=constraints_for(config, sequence, pooled_tables, device.type))
+        constraints=constraints_for(config, model, mean_history, device.type))
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     if rank == 0:
         print(f"[plan]\n{plan}")
