@@ -13,4 +13,5 @@ from torchrec_din.distributed.sharding import (  # noqa: F401
     manual_plan,
     shard,
     SHARDING_TYPES,
+    use_pipeline_jit_model,
 )

@@ -188,3 +188,37 @@ def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> Non
                     shard.tensor.copy_(src[r:r + h, c:c + w])
             else:
                 value.copy_(src)
+
+
+def use_pipeline_jit_model(model: DistributedModelParallel) -> bool:
+    """Make ``TrainPipelineSparseDist(apply_jit=True)`` run the scripted model it built.
+
+    With ``apply_jit=True`` the pipeline fx-traces the model, TorchScripts every non-sharded
+    child of a module holding sharded ones (DINInteraction, the MLPs, the loss) and stores
+    the result with ``dmp.module = graph``. In TorchRec 1.8 that assignment goes through
+    ``nn.Module.__setattr__``, which registers the graph as a new, unused submodule named
+    ``module`` instead of calling DMP's property setter: training keeps running the eager
+    model, and the state dict gains a second copy of every weight. This moves the scripted
+    graph to where the eager model was (inside DDP, whose gradient hooks sit on the same
+    parameter objects). Call it after the pipeline's first ``progress()`` (the model is
+    rewritten lazily on the first batch); calling it again is a no-op.
+
+    Returns:
+        bool: True if it moved a scripted graph into place.
+
+    Example::
+
+        pipeline = TrainPipelineSparseDist(dmp, opt, device, apply_jit=True)
+        pipeline.progress(it)
+        use_pipeline_jit_model(dmp)
+    """
+    graph = model._modules.pop("module", None)
+    if graph is None:
+        return False
+    wrapped = model._dmp_wrapped_module
+    if hasattr(wrapped, "module") and isinstance(wrapped.module, nn.Module) \
+            and wrapped is not model.module:
+        wrapped.module = graph  # DDP (or another wrapper) around the sharded model
+    else:
+        model._dmp_wrapped_module = graph
+    return True
