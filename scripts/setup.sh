@@ -32,7 +32,7 @@ else
     # stand-in of that name depends only on fbgemm-gpu-cpu==1.8.0, so nothing pulls CUDA.
     $PIP install -q ./tools/fbgemm-gpu-cpu-shim
 fi
-$PIP install -q -e ".[test]"
+$PIP install -q -e ".[train,test]"
 $PIP check
 
 # MovieLens-100k ships inside the recbole 1.2.1 wheel. We take only its data files (recbole's

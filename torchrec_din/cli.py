@@ -12,7 +12,21 @@ import sys
 from typing import List, Optional
 
 
+TRAIN_EXTRA = ("yaml", "tqdm", "matplotlib")
+
+
+def _missing_train_extra() -> List[str]:
+    import importlib.util
+
+    return [m for m in TRAIN_EXTRA if importlib.util.find_spec(m) is None]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    missing = _missing_train_extra()
+    if missing:
+        print(f"error: the command line needs the 'train' extra (missing modules: {missing}); "
+              "install it with: pip install 'torchrec-din[train]'", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m torchrec_din",
                                      description="DIN on TorchRec: train and evaluate")
     sub = parser.add_subparsers(dest="command", required=True)
