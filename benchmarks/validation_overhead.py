@@ -2,7 +2,8 @@
 
 Times forward + backward + Adam step of DIN on synthetic batches shaped like MovieLens-100k
 (B = 256, lognormal histories of mean 56 capped at 100) with validation on and off,
-interleaved, and prints medians over repeats.
+interleaved, and prints medians over repeats, plus the host syncs per step (ops that read
+tensor data on the host: each stalls a GPU stream once).
 
 Run:
     .venv/bin/python benchmarks/validation_overhead.py
@@ -15,6 +16,8 @@ import time
 import torch
 
 from torchrec_din import DINTrain
+from torchrec_din.checks import set_validate_inputs
+from torchrec_din.testing.sync import SyncCounter
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.synthetic import generate_synthetic
 from torchrec_din.train.builder import build_model
@@ -38,7 +41,7 @@ def main() -> None:
     for flag in (True, False):
         torch.manual_seed(0)
         model = build_model(table.vocab, config)
-        model.validate_inputs = flag
+        set_validate_inputs(model, flag)
         train_model = DINTrain(model)
         models[flag] = (train_model, torch.optim.Adam(model.parameters(), lr=1e-3))
     for _ in range(args.repeats):
@@ -51,12 +54,18 @@ def main() -> None:
                 loss.backward()
                 opt.step()
             times[flag].append((time.perf_counter() - start) / len(batches))
+    syncs = {}
+    for flag in (True, False):
+        train_model, _ = models[flag]
+        with SyncCounter() as counter:
+            train_model(batches[0])[0].backward()
+        syncs[flag] = counter.total
     on, off = statistics.median(times[True]), statistics.median(times[False])
     n = sum(int(b.sequence_features.values().numel()) for b in batches) / len(batches)
     print(f"B={args.batch_size}, {n:.0f} ids per batch, medians of {args.repeats} x "
           f"{args.steps} training steps")
-    print(f"validation on : {on * 1e3:7.2f} ms/step")
-    print(f"validation off: {off * 1e3:7.2f} ms/step")
+    print(f"validation on : {on * 1e3:7.2f} ms/step, {syncs[True]} host syncs per step")
+    print(f"validation off: {off * 1e3:7.2f} ms/step, {syncs[False]} host syncs per step")
     print(f"overhead      : {(on - off) * 1e3:7.2f} ms/step ({(on / off - 1) * 100:+.1f}%)")
 
 

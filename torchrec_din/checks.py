@@ -267,3 +267,21 @@ def check_labels(labels: Tensor, batch_size: int) -> None:
     row = _first_bad_row((labels != 0) & (labels != 1), "labels must be 0 or 1")
     if row >= 0:
         raise ValueError(f"labels must be 0 or 1; batch row {row} has {labels[row].item()}")
+
+
+def set_validate_inputs(module: "torch.nn.Module", enabled: bool) -> int:
+    """Switch the value checks of every DIN module inside ``module`` on or off.
+
+    Walks ``module`` (any model, e.g. your own ranker holding a DINInteraction) and sets
+    ``validate_inputs`` on each submodule that has it. Returns how many were set.
+
+    Example::
+
+        set_validate_inputs(my_ranker, False)  # trusted pipeline: no host syncs
+    """
+    count = 0
+    for sub in module.modules():
+        if hasattr(sub, "validate_inputs") and isinstance(sub.validate_inputs, bool):
+            sub.validate_inputs = enabled
+            count += 1
+    return count

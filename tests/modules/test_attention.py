@@ -21,10 +21,11 @@ ACTIVATIONS = ["sigmoid", "dice", "prelu", "relu"]
 NORMALIZATIONS = ["none", "softmax"]
 
 
-def _make(activation: str, normalization: str, outer: bool, seed: int = 0) -> JaggedTargetAttention:
+def _make(activation: str, normalization: str, outer: bool, seed: int = 0,
+          dim: int = D) -> JaggedTargetAttention:
     torch.manual_seed(seed)
     attn = JaggedTargetAttention(
-        D, hidden_units=(16, 8), activation=activation, normalization=normalization,
+        dim, hidden_units=(16, 8), activation=activation, normalization=normalization,
         use_outer_product=outer,
     )
     # Non-trivial Dice/PReLU parameters so that every parameter's gradient is exercised.
@@ -35,11 +36,11 @@ def _make(activation: str, normalization: str, outer: bool, seed: int = 0) -> Ja
     return attn
 
 
-def _inputs(lengths: List[int], seed: int = 1):
+def _inputs(lengths: List[int], seed: int = 1, dim: int = D):
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor(lengths, dtype=torch.long)
-    query = torch.randn(len(lengths), D, generator=g, requires_grad=True)
-    values = torch.randn(int(lens.sum()), D, generator=g, requires_grad=True)
+    query = torch.randn(len(lengths), dim, generator=g, requires_grad=True)
+    values = torch.randn(int(lens.sum()), dim, generator=g, requires_grad=True)
     return query, values, lens
 
 
@@ -47,7 +48,8 @@ def _check_against_padded(attn, lengths, training: bool, pad_extra: int = 3) -> 
     ref = copy.deepcopy(attn)
     attn.train(training)
     ref.train(training)
-    query, values, lens = _inputs(lengths)
+    dim = attn.embedding_dim
+    query, values, lens = _inputs(lengths, dim=dim)
     q2 = query.detach().clone().requires_grad_()
     v2 = values.detach().clone().requires_grad_()
 
@@ -55,7 +57,7 @@ def _check_against_padded(attn, lengths, training: bool, pad_extra: int = 3) -> 
     max_len = (max(lengths) if lengths else 0) + pad_extra
     ref_out, ref_weights, mask = padded_target_attention(ref, q2, v2, lens, max_len)
 
-    assert out.shape == (len(lengths), D)
+    assert out.shape == (len(lengths), dim)
     torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(weights.values(), ref_weights[mask], rtol=1e-4, atol=1e-5)
     if len(lengths):
@@ -87,6 +89,14 @@ def test_equals_padded_reference(activation, normalization, case) -> None:
 @pytest.mark.parametrize("activation", ["sigmoid", "dice"])
 def test_outer_product_equals_padded_reference(activation, normalization, case) -> None:
     attn = _make(activation, normalization, outer=True)
+    _check_against_padded(attn, CASES[case], training=True)
+
+
+@pytest.mark.parametrize("case", ["ragged_with_empty", "all_empty", "length_one"])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_wide_outer_product_bilinear_path_equals_padded_reference(normalization, case) -> None:
+    # D = 32 > OUTER_GEMM_MAX_DIM: the outer product runs through FBGEMM's jagged_dense_bmm.
+    attn = _make("dice", normalization, outer=True, dim=32)
     _check_against_padded(attn, CASES[case], training=True)
 
 

@@ -11,7 +11,7 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.batch import DINBatch
-from torchrec_din.checks import check_dense, check_kjt, check_labels
+from torchrec_din.checks import check_dense, check_kjt, check_labels, set_validate_inputs
 from torchrec_din.modules.interaction import (
     AttentionGroup,
     DINInteraction,
@@ -88,12 +88,8 @@ class DINModel(nn.Module):
         validate_inputs: bool = True,
     ) -> None:
         super().__init__()
+        set_validate_inputs(interaction, validate_inputs)  # one switch for the whole model
         self.validate_inputs = validate_inputs
-        if hasattr(interaction, "validate_inputs"):
-            interaction.validate_inputs = validate_inputs
-            for module in interaction.modules():
-                if hasattr(module, "validate_inputs"):
-                    module.validate_inputs = validate_inputs
         self.embedding_collection = embedding_collection
         self.interaction = interaction
         self.embedding_bag_collection = embedding_bag_collection
