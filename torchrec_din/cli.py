@@ -15,6 +15,16 @@ from typing import List, Optional
 TRAIN_EXTRA = ("yaml", "tqdm", "matplotlib")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _missing_train_extra() -> List[str]:
     import importlib.util
 
@@ -40,6 +50,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_train.add_argument("--resume", action="store_true",
                          help="continue the run in --output-dir from its last.pt (last_dcp/ "
                               "under torchrun); same seed, data and model config")
+    p_train.add_argument("--overwrite", action="store_true",
+                         help="start over in an --output-dir that holds a run (its files are "
+                              "deleted once the new config and data are checked)")
     p_export = sub.add_parser("export", help="TorchScript the multi-candidate scorer of a run")
     p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
     p_export.add_argument("--output", required=True, help="file for torch.jit.save")
@@ -48,11 +61,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_score.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
     p_score.add_argument("--input", required=True, help="requests, one JSON object per line")
     p_score.add_argument("--output", required=True, help="scores, one JSON object per line")
-    p_score.add_argument("--batch-users", type=int, default=256, help="users scored together")
+    p_score.add_argument("--batch-users", type=_positive_int, default=256,
+                         help="users scored together")
+    p_score.add_argument("--max-history", type=int, default=None,
+                         help="keep each request's newest N behaviours (default: the trained "
+                              "model's data.max_history; 0 keeps all)")
+    p_score.add_argument("--max-pairs", type=_positive_int, default=2_000_000,
+                         help="bound on (candidate, behaviour) pairs per call: memory grows "
+                              "with it; a single larger request is an error")
     p_plan = sub.add_parser("plan", help="print the TorchRec planner's sharding plan and per-rank "
                                          "memory for a config (model on the meta device)")
     p_plan.add_argument("--config", required=True)
-    p_plan.add_argument("--world-size", type=int, required=True)
+    p_plan.add_argument("--world-size", type=_positive_int, required=True)
     p_plan.add_argument("--compute-device", choices=["cuda", "cpu"], default="cuda")
     p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="e.g. --set tables.item.num_embeddings=1000000000")
@@ -68,9 +88,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (KeyError, ValueError, FileNotFoundError) as e:
             print(f"error: bad config: {e}", file=sys.stderr)
             return 2
-        table = build_table(config["data"], int(config["seed"]))
-        print_plan(config, table.vocab, args.world_size, args.compute_device,
-                   mean_history=table.summary()["train"]["mean_history"])
+        try:
+            table = build_table(config["data"], int(config["seed"]))
+            print_plan(config, table.vocab, args.world_size, args.compute_device,
+                       mean_history=table.summary()["train"]["mean_history"])
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         return 0
     if args.command in ("export", "score"):
         return _serve(args)
@@ -86,15 +110,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (KeyError, ValueError, FileNotFoundError) as e:
             print(f"error: bad config: {e}", file=sys.stderr)
             return 2
-        try:
-            if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
-                from torchrec_din.train.distributed import train_distributed
+        from contextlib import ExitStack
 
-                results = train_distributed(config, out, resume=args.resume)
-                if results is None:  # not rank 0
-                    return 0
-            else:
-                results = train(config, out, resume=args.resume)
+        from torchrec_din.train.rundir import check_run_dir, RunLock
+
+        try:
+            with ExitStack() as stack:
+                if os.environ.get("RANK", "0") == "0":  # one process owns the run folder
+                    stack.enter_context(RunLock(out))
+                    check_run_dir(out, args.resume, args.overwrite)
+                if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
+                    from torchrec_din.train.distributed import train_distributed
+
+                    results = train_distributed(config, out, args.resume, args.overwrite)
+                    if results is None:  # not rank 0
+                        return 0
+                else:
+                    results = train(config, out, args.resume, args.overwrite)
         except TrainingInterrupted as e:
             print(f"[stopped] {e}", file=sys.stderr)
             return 128 + e.signum
@@ -114,7 +146,13 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     from torchrec_din.serve import DINScorer, export_scorer, load_trained
-    from torchrec_din.serve.requests import read_requests, RequestError, to_tensors
+    from torchrec_din.serve.requests import (
+        batches_within,
+        history_length,
+        read_requests,
+        RequestError,
+        to_tensors,
+    )
     from torchrec_din.train.checkpoint import atomic_write_text
 
     try:
@@ -123,23 +161,32 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.command == "export":
-        export_scorer(model, args.output)
+        export_scorer(model, args.output, int(state["config"]["data"]["max_history"]))
         print(f"[export] TorchScript scorer of {args.checkpoint} (epoch {state.get('epoch')}) "
               f"-> {args.output}")
         return 0
-    scorer = DINScorer(model).eval()
+    trained_cap = int(state["config"]["data"]["max_history"])
+    max_history = trained_cap if args.max_history is None else args.max_history
+    if max_history < 0:
+        print(f"error: --max-history must be >= 0, got {max_history}", file=sys.stderr)
+        return 2
+    scorer = DINScorer(model, max_history).eval()
     vocab = state["vocab"]
     rows = {f: vocab[f] for f in scorer.features + scorer.pooled_features}
     try:
         requests = list(read_requests(args.input, scorer.features, scorer.pooled_features, rows,
                                       scorer.dense_in_features))
+        cut = sum(history_length(r) - history_length(r, max_history) for r in requests)
+        chunks = list(batches_within(requests, args.batch_users, args.max_pairs, max_history))
     except (RequestError, FileNotFoundError) as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 1
+    if cut:
+        print(f"[score] kept the newest {max_history} behaviours per request (as in training): "
+              f"{cut} older ones cut")
     lines = []
     with torch.no_grad():
-        for start in range(0, len(requests), args.batch_users):
-            chunk = requests[start:start + args.batch_users]
+        for chunk in chunks:
             probs = torch.sigmoid(scorer(*to_tensors(chunk))).tolist()
             offset = 0
             for r in chunk:

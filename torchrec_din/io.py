@@ -4,8 +4,52 @@ A kill at any moment leaves either the previous file or the new one, never half 
 """
 
 import os
+import shutil
 import tempfile
 from typing import Callable, IO
+
+TEMP_PREFIX = ".tmp-"
+# Written files get the permissions of a normal file (0666 less the umask), not mkstemp's 0600,
+# so that e.g. a serving account can read a checkpoint.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str) -> int:
+    """Delete temp files in ``folder`` whose writer process is gone (killed mid-write).
+
+    Temp names carry the writer's pid (``.tmp-<pid>-...``), so a live writer's file is kept.
+    Returns how many were removed.
+    """
+    removed = 0
+    if not os.path.isdir(folder):
+        return 0
+    for name in os.listdir(folder):
+        if not name.startswith(TEMP_PREFIX):
+            continue
+        pid_text = name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and (int(pid_text) == os.getpid() or _pid_alive(int(pid_text))):
+            continue  # a live writer's file
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
@@ -13,8 +57,9 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) ->
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()

@@ -28,3 +28,23 @@ def test_unknown_key_is_named(tmp_path) -> None:
                                   "synthetic_din"])
 def test_shipped_configs_load(name) -> None:
     load_config(f"configs/{name}.yaml")
+
+
+def test_values_are_typed_at_load() -> None:
+    cfg = load_config(None, ["train.learning_rate=1e-4", "train.epochs=3.0",
+                             "train.embedding_learning_rate=5e-2"])
+    assert cfg["train"]["learning_rate"] == 1e-4 and cfg["train"]["epochs"] == 3
+    assert cfg["train"]["embedding_learning_rate"] == 0.05
+    for item, message in [
+        ("train.batch_size=abc", r"'train.batch_size' must be an integer, got 'abc'"),
+        ("train.batch_size=true", r"'train.batch_size' must be an integer, got True"),
+        ("train.epochs=abc", r"'train.epochs' must be an integer"),
+        ("train.learning_rate=fast", r"'train.learning_rate' must be a number"),
+        ("train.progress=1", r"'train.progress' must be true or false"),
+        ("data.pooled_features=user", r"'data.pooled_features' must be a list"),
+        ("train.epochs=0", r"'train.epochs' must be >= 1, got 0"),
+        ("train.batch_size=-5", r"'train.batch_size' must be >= 1"),
+        ("train.learning_rate=0", r"'train.learning_rate' must be >= "),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [item])

@@ -12,6 +12,7 @@ as one category token (e.g. "Action Thriller"), keeping all genre information in
 """
 
 import importlib.util
+import math
 import os
 import sys
 from typing import Dict, List, Optional
@@ -34,7 +35,15 @@ def find_movielens_100k(data_dir: Optional[str] = None) -> str:
     """
     candidates: List[str] = []
     if data_dir:
-        candidates.append(data_dir)
+        # An explicit folder is used or refused, never silently replaced by another copy.
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"data.data_dir {data_dir} does not exist (or is not a "
+                                    "folder); it must hold " + ", ".join(FILES))
+        missing = [f for f in FILES if not os.path.exists(os.path.join(data_dir, f))]
+        if missing:
+            raise FileNotFoundError(f"data.data_dir {data_dir} lacks {', '.join(missing)}; it "
+                                    "must hold " + ", ".join(FILES))
+        return data_dir
     if os.environ.get("TORCHREC_DIN_ML100K"):
         candidates.append(os.environ["TORCHREC_DIN_ML100K"])
     candidates.append(os.path.join(sys.prefix, "share", "torchrec_din", "ml-100k"))
@@ -50,6 +59,16 @@ def find_movielens_100k(data_dir: Optional[str] = None) -> str:
         + ". Run `bash scripts/setup.sh` (it installs the files from the recbole==1.2.1 "
         "wheel) or set TORCHREC_DIN_ML100K to a folder with " + ", ".join(FILES)
     )
+
+
+def _finite(value: str, what: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return number
 
 
 def _int(value: str, what: str) -> int:
@@ -115,7 +134,7 @@ def read_movielens_100k(
             raise ValueError(f"user {f[0]!r} is not in {FILES[2]}")
         if i is None:
             raise ValueError(f"item {f[1]!r} is not in {FILES[1]}")
-        return u, i, float(f[2]), float(f[3])
+        return u, i, _finite(f[2], "rating"), _finite(f[3], "timestamp")
 
     for u, i, r, t in read_tsv(os.path.join(folder, FILES[0]),
                                ["user_id", "item_id", "rating", "timestamp"], skips, parse_inter):
@@ -154,4 +173,5 @@ def load_movielens_100k(cache_dir: Optional[str] = None, **kwargs) -> SampleTabl
     params = {k: v for k, v in kwargs.items() if k != "data_dir"}
     key = fingerprint([os.path.join(folder, f) for f in FILES], {"dataset": "ml-100k", **params})
     table, _ = cached_build(cache_dir, "ml-100k", key, lambda: read_movielens_100k(**kwargs))
+    table.meta["source"] = folder  # the files read now, not those of the run that cached it
     return table

@@ -45,27 +45,48 @@ def read_tsv(
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", errors="strict") as f:
-        header_line = f.readline()
-        header = [h.split(":")[0] for h in header_line.rstrip("\n").split("\t")]
+    number = 1
+    data_lines = 0
+    # Binary lines, decoded one by one, so that bad bytes are reported with their line.
+    with open(path, "rb") as f:
+        header = [h.split(":")[0] for h in _decode(f.readline(), path, 1).rstrip("\n").split("\t")]
         if header[: len(expected_header)] != expected_header:
             raise DataFormatError(path, 1, f"expected header columns {expected_header}, "
                                            f"got {header}")
         width = len(header)
-        for number, line in enumerate(f, start=2):
+        for number, raw in enumerate(f, start=2):
+            line = _decode(raw, path, number)
             if not line.strip():
                 continue
+            data_lines += 1
             fields = line.rstrip("\n").split("\t")
-            truncated = "" if line.endswith("\n") else " (the file looks truncated)"
+            if not line.endswith("\n"):
+                # A cut-off last line can still parse (a timestamp 874965758 cut to 87), so
+                # a last line without its newline is never trusted.
+                skips.handle(DataFormatError(
+                    path, number, "the last line has no newline, so the file looks "
+                                  f"truncated: {line.strip()[:80]!r}; if the line is "
+                                  "complete, add the newline"))
+                continue
             if len(fields) != width:
                 skips.handle(DataFormatError(
                     path, number, f"expected {width} tab-separated fields, got "
-                                  f"{len(fields)}{truncated}: {line.strip()[:80]!r}"))
+                                  f"{len(fields)}: {line.strip()[:80]!r}"))
                 continue
             try:
                 yield parse(fields, number)
             except ValueError as e:
-                skips.handle(DataFormatError(path, number, f"{e}{truncated}"))
+                skips.handle(DataFormatError(path, number, str(e)))
+    if data_lines == 0:
+        raise DataFormatError(path, number, "no data lines after the header")
+
+
+def _decode(raw: bytes, path: str, number: int) -> str:
+    try:
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, number, f"not UTF-8 text ({e.reason} at byte {e.start} of "
+                                            "the line); is this the right file?") from None
 
 
 class Vocabulary:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from torchrec_din.io import atomic_write
+from torchrec_din.io import atomic_write, remove_stale_temp_files
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 PROTOCOLS = ("next_item", "rating")
@@ -299,8 +299,15 @@ def cached_build(cache_dir: str, name: str, key: str, build) -> Tuple[SampleTabl
     Returns the table and whether it came from the cache.
     """
     path = os.path.join(cache_dir, f"{name}-{key}.npz")
+    removed = remove_stale_temp_files(cache_dir)
+    if removed:
+        print(f"[data] removed {removed} temp file(s) left by a killed run in {cache_dir}")
     if os.path.exists(path):
-        return load_table(path), True
+        try:
+            return load_table(path), True
+        except Exception as e:  # any corruption: truncated zip, bad header, missing array
+            print(f"[data] cache entry {path} is unreadable ({type(e).__name__}: {e}); "
+                  "rebuilding it")
     table = build()
     save_table(table, path)
     return table, False

@@ -26,8 +26,9 @@ def load_trained(checkpoint: str) -> Tuple[DINModel, Dict[str, Any]]:
     return model, state
 
 
-def export_scorer(model: DINModel, path: str) -> torch.jit.ScriptModule:
-    """Script :class:`DINScorer` for ``model`` and save it atomically to ``path``."""
-    scripted = torch.jit.script(DINScorer(model).eval())
+def export_scorer(model: DINModel, path: str, max_history: int = 0) -> torch.jit.ScriptModule:
+    """Script :class:`DINScorer` for ``model`` (keeping the newest ``max_history`` behaviours
+    of each history, 0: all) and save it atomically to ``path``."""
+    scripted = torch.jit.script(DINScorer(model, max_history).eval())
     atomic_write(path, lambda f: torch.jit.save(scripted, f))
     return scripted

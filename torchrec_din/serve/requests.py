@@ -70,7 +70,7 @@ def parse_request(text: str, line: int, features: Sequence[str], pooled: Sequenc
     dense = req.get("dense", [])
     if not isinstance(dense, list) or len(dense) != dense_in_features:
         raise RequestError(f"line {line}: dense must be a list of {dense_in_features} numbers")
-    return {"id": req.get("id", line), "history": hist, "candidates": cand,
+    return {"id": req.get("id", line), "line": line, "history": hist, "candidates": cand,
             "pooled": pooled_ids, "dense": [float(x) for x in dense]}
 
 
@@ -80,6 +80,39 @@ def read_requests(path: str, features: Sequence[str], pooled: Sequence[str],
         for number, text in enumerate(f, start=1):
             if text.strip():
                 yield parse_request(text, number, features, pooled, rows, dense_in_features)
+
+
+def history_length(request: Dict[str, Any], max_history: int = 0) -> int:
+    """Behaviours of a request the scorer attends to: the newest ``max_history`` (0: all)."""
+    n = len(request["history"][0]) if request["history"] else 0
+    return min(n, max_history) if max_history > 0 else n
+
+
+def pairs(request: Dict[str, Any], max_history: int = 0) -> int:
+    """(candidate, behaviour) pairs a request costs the attention (at least one per candidate)."""
+    return len(request["candidates"][0]) * max(history_length(request, max_history), 1)
+
+
+def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: int,
+                   max_history: int = 0) -> Iterator[List[Dict[str, Any]]]:
+    """Consecutive groups of at most ``max_users`` requests and ``max_pairs`` pairs; a single
+    request above ``max_pairs`` is a RequestError naming its line."""
+    chunk: List[Dict[str, Any]] = []
+    total = 0
+    for r in requests:
+        cost = pairs(r, max_history)
+        if cost > max_pairs:
+            raise RequestError(
+                f"line {r['line']}: {len(r['candidates'][0])} candidates x "
+                f"{history_length(r, max_history)} behaviours = {cost:,} pairs, "
+                f"over the limit of {max_pairs:,} per call (--max-pairs); split the request")
+        if chunk and (len(chunk) >= max_users or total + cost > max_pairs):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(r)
+        total += cost
+    if chunk:
+        yield chunk
 
 
 def to_tensors(requests: List[Dict[str, Any]]) -> Tuple[Tensor, ...]:

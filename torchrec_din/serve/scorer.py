@@ -26,6 +26,8 @@ class DINScorer(nn.Module):
 
     Args:
         model (DINModel): a trained DIN or BaseModel (unsharded).
+        max_history (int): keep each user's newest ``max_history`` behaviours, as training
+            did (``data.max_history``); 0 keeps all.
 
     Call args:
         history_ids: [N, F] history ids, one column per group feature (e.g. item, cate),
@@ -45,8 +47,11 @@ class DINScorer(nn.Module):
         logits = scorer(hist, torch.tensor([3]), cands, torch.tensor([2]), pooled, dense)
     """
 
-    def __init__(self, model: DINModel) -> None:
+    def __init__(self, model: DINModel, max_history: int = 0) -> None:
         super().__init__()
+        if max_history < 0:
+            raise ValueError(f"max_history must be >= 0, got {max_history}")
+        self.max_history: int = max_history
         interaction = model.interaction
         if len(interaction.groups) != 1:
             raise ValueError("DINScorer supports models with exactly one attention group")
@@ -103,6 +108,14 @@ class DINScorer(nn.Module):
         dense: Tensor,
     ) -> Tensor:
         num_users = history_lengths.numel()
+        if self.max_history > 0:
+            # Newest max_history behaviours of each user (histories run oldest..newest).
+            seg = torch.repeat_interleave(torch.arange(num_users, device=history_ids.device),
+                                          history_lengths, output_size=history_ids.size(0))
+            ends = torch.cumsum(history_lengths, 0).index_select(0, seg)
+            from_end = ends - torch.arange(history_ids.size(0), device=history_ids.device)
+            history_ids = history_ids[from_end <= self.max_history]
+            history_lengths = history_lengths.clamp(max=self.max_history)
         e = self._embed(history_ids)        # [N, D]: each behaviour embedded once
         v = self._embed(candidate_ids)      # [K, D]
         k_total = v.size(0)

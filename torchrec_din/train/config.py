@@ -66,8 +66,98 @@ DEFAULTS: Dict[str, Any] = {
         "l2_lambda": 0.0,
         "progress": True,
         "checkpoint_every": 200,      # batches between progress checkpoints (0: epoch ends only)
+        "dist_timeout_s": 300.0,      # torchrun: a frozen or dead rank ends the job after this
     },
 }
+
+
+# Keys whose default is None, and what they accept besides None.
+NULLABLE: Dict[str, type] = {
+    "data.data_dir": str,
+    "train.embedding_learning_rate": float,
+}
+# Lower bounds checked at load (inclusive), before any data is built.
+MINIMUM: Dict[str, float] = {
+    "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,
+    "data.num_workers": 0, "data.synthetic.num_users": 1, "data.synthetic.num_items": 1,
+    "data.synthetic.num_cates": 1, "data.synthetic.samples_per_user": 1,
+    "data.synthetic.mean_length": 0, "data.synthetic.max_length": 1,
+    "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,
+    "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
+    "train.learning_rate": 1e-12, "train.embedding_learning_rate": 1e-12, "train.l2_lambda": 0,
+    "train.checkpoint_every": 0, "train.dist_timeout_s": 1,
+}
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default`` (numbers written as text, e.g. YAML's ``1e-4``,
+    become numbers), or a ValueError that names the key."""
+    want: Optional[type] = NULLABLE.get(key)
+    if default is None:
+        if value is None or want is None:
+            return value
+    else:
+        want = type(default)
+    assert want is not None
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
+            except ValueError:
+                pass
+    elif want is list:
+        if isinstance(value, list):
+            return value
+    elif want is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    names = {bool: "true or false", int: "an integer", float: "a number", list: "a list",
+             str: "a string"}
+    raise ValueError(f"config key {key!r} must be {names.get(want, want.__name__)}, got "
+                     f"{value!r} ({type(value).__name__})")
+
+
+def check_values(config: Dict[str, Any], path: str = "") -> None:
+    """Check every value's type against DEFAULTS (converting numbers written as text) and the
+    lower bounds in MINIMUM, in place. Raises ValueError naming the key."""
+    for key, default in DEFAULTS_FLAT.items():
+        parts = key.split(".")
+        node = config
+        for part in parts[:-1]:
+            node = node[part]
+        value = _typed(key, node[parts[-1]], default)
+        low = MINIMUM.get(key)
+        if low is not None and value is not None and value < low:
+            raise ValueError(f"config key {key!r} must be >= {low:g}, got {value!r}")
+        node[parts[-1]] = value
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        full = prefix + key
+        if full in OPEN_SECTIONS:
+            continue
+        if isinstance(value, dict):
+            out.update(_flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+DEFAULTS_FLAT = _flatten(DEFAULTS)
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any], path: str = "") -> Dict[str, Any]:
@@ -122,4 +212,5 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         config = _merge(config, loaded)
     for item in overrides or []:
         config = _merge(config, parse_override(item))
+    check_values(config)
     return config

@@ -13,7 +13,7 @@ sharded best state (torch.distributed.checkpoint), used for the final test evalu
 progress) for ``--resume`` with any number of ranks.
 """
 
-import json
+import datetime
 import os
 import shutil
 import time
@@ -41,11 +41,13 @@ from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model, build_table
 from torchrec_din.train.checkpoint import (
     atomic_save,
+    atomic_write_json,
     atomic_write_text,
     check_resumable,
     load_checkpoint,
 )
-from torchrec_din.train.loop import finish_results, make_optimizer, plot_curves
+from torchrec_din.train.loop import apply_train_config, finish_results, make_optimizer, plot_curves
+from torchrec_din.train.rundir import clear_run_files
 
 
 def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
@@ -80,17 +82,19 @@ def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: 
     return out
 
 
-def train_distributed(config: Dict[str, Any], output_dir: str,
-                      resume: bool = False) -> Optional[Dict[str, Any]]:
+def train_distributed(config: Dict[str, Any], output_dir: str, resume: bool = False,
+                      overwrite: bool = False) -> Optional[Dict[str, Any]]:
     """Sharded training; returns metrics.json's content on rank 0 (None elsewhere).
 
     ``resume=True`` continues from ``last_dcp/`` (model, optimizers and progress, written at
     every epoch end), with any number of ranks: torch.distributed.checkpoint reshards on load.
     """
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    # A frozen or dead rank ends the job after this long instead of gloo's 30 minutes.
+    timeout = datetime.timedelta(seconds=float(config["train"]["dist_timeout_s"]))
+    dist.init_process_group(backend, timeout=timeout)
     try:
-        result = _train(config, output_dir, backend, resume)
+        result = _train(config, output_dir, backend, resume, overwrite)
         dist.barrier()  # nobody tears down gloo while a peer still talks
         return result
     finally:
@@ -98,7 +102,7 @@ def train_distributed(config: Dict[str, Any], output_dir: str,
 
 
 def _train(config: Dict[str, Any], output_dir: str, backend: str,
-           resume: bool) -> Optional[Dict[str, Any]]:
+           resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
         else torch.device("cpu")
@@ -109,10 +113,21 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     progress = bool(train_cfg["progress"]) and rank == 0
     seed = int(config["seed"])
     torch.manual_seed(seed)
+    last_dcp = os.path.join(output_dir, "last_dcp")
+    meta_path = os.path.join(last_dcp, "meta.pt")
+    meta: Dict[str, Any] = {}
+    if resume:
+        meta = load_checkpoint(meta_path)
+        changes = check_resumable(meta["config"], config)
+        old_emb = embedding_optimizer(meta["config"]["train"], device.type)[:2]
+        new_emb = embedding_optimizer(train_cfg, device.type)[:2]
+        if old_emb != new_emb:
+            raise ValueError(f"--resume cannot change the sharded tables' fused optimizer or "
+                             f"its learning rate ({old_emb} -> {new_emb}); start a new run")
+        if changes and rank == 0:
+            print(f"[resume] applying {', '.join(changes)}")
     if rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(config, sort_keys=False),
-                          os.path.join(output_dir, "config.yaml"))
         table = build_table(data_cfg, seed)  # rank 0 fills the cache first
     dist.barrier()
     if rank != 0:
@@ -145,18 +160,20 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
                                "epochs": [], "best_epoch": None, "world_size": world}
     best_gauc = -float("inf")
     best_dcp = os.path.join(output_dir, "best_dcp")
-    last_dcp = os.path.join(output_dir, "last_dcp")
-    meta_path = os.path.join(last_dcp, "meta.pt")
     speeds: List[float] = []
     start_epoch = 0
+    if rank == 0:  # config and data are checked: only now may the run folder change
+        if overwrite:
+            clear_run_files(output_dir)
+        atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                          os.path.join(output_dir, "config.yaml"))
     if resume:
-        meta = load_checkpoint(meta_path)
-        check_resumable(meta["config"], config)
         state = {"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()}
         dcp.load(state, checkpoint_id=last_dcp)
         dmp.load_state_dict(state["model"])
         dmp.fused_optimizer.load_state_dict(state["optim"])
         dense_opt.load_state_dict(meta["dense_optim"])
+        apply_train_config(dense_opt, train_cfg)  # a changed learning rate takes effect
         if meta["world_size"] == world:
             torch.set_rng_state(meta["rng"][rank])
         results, best_gauc, speeds = meta["results"], meta["best_gauc"], meta["speeds"]
@@ -225,7 +242,7 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
                             "speeds": speeds, "dense_optim": dense_opt.state_dict(),
                             "rng": rngs, "world_size": world, "config": config})
         if rank == 0:
-            atomic_write_text(json.dumps(results, indent=2), os.path.join(output_dir, "metrics.json"))
+            atomic_write_json(results, os.path.join(output_dir, "metrics.json"))
             plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
 
     state = dmp.state_dict()

@@ -1,6 +1,5 @@
 """Single-process training and evaluation of DIN / BaseModel from a run configuration."""
 
-import json
 import os
 import signal
 import time
@@ -19,10 +18,12 @@ from torchrec_din.models import DINModel, DINTrain
 from torchrec_din.train.builder import build_model, build_table
 from torchrec_din.train.checkpoint import (
     atomic_save,
+    atomic_write_json,
     atomic_write_text,
     check_resumable,
     load_checkpoint,
 )
+from torchrec_din.train.rundir import clear_run_files
 from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
 
 
@@ -36,6 +37,15 @@ def make_optimizer(params: Iterable[torch.nn.Parameter],
         raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
     decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
     return optimizers[name](params, lr=train_cfg["learning_rate"], weight_decay=decay)
+
+
+def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any]) -> None:
+    """Set learning rate and weight decay from ``train_cfg`` on a (restored) optimizer."""
+    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+    for group in optimizer.param_groups:
+        group["lr"] = train_cfg["learning_rate"]
+        if "weight_decay" in group:
+            group["weight_decay"] = decay
 
 
 def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
@@ -130,7 +140,7 @@ def finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleT
     pop = popularity_scores(table, datasets["train"].rows, test_rows)
     results["baselines"] = {"popularity": evaluate_predictions(
         torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
-    atomic_write_text(json.dumps(results, indent=2), metrics_path)
+    atomic_write_json(results, metrics_path)
     print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
           f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
           f"on {test['samples']} samples{note}; popularity gauc "
@@ -166,7 +176,8 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict[str, Any]:
+def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
+          overwrite: bool = False) -> Dict[str, Any]:
     """Train, pick the best epoch on validation GAUC, evaluate it on test.
 
     Writes to ``output_dir``: ``config.yaml`` (resolved), ``metrics.json`` (rewritten after
@@ -174,7 +185,9 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     progress: model, optimizer, RNG, position in the epoch). ``last.pt`` is written every
     ``train.checkpoint_every`` batches, at each epoch end, and on SIGTERM / Ctrl-C, always
     atomically. ``resume=True`` continues from it (same seed, data and model config; train.*
-    may change, e.g. more epochs) and reaches the same results as an uninterrupted run.
+    may change, e.g. more epochs or a lower learning rate, which are applied) and reaches the
+    same results as an uninterrupted run. ``overwrite=True`` deletes a previous run's files in
+    ``output_dir``, once the config and data have been checked.
 
     Returns:
         Dict[str, Any]: the content of metrics.json.
@@ -182,11 +195,12 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     os.makedirs(output_dir, exist_ok=True)
     last_path = os.path.join(output_dir, "last.pt")
     checkpoint: Optional[Dict[str, Any]] = None
+    changes: List[str] = []
     if resume:
         checkpoint = load_checkpoint(last_path)
-        check_resumable(checkpoint["config"], config)
-        print(f"[resume] {last_path}: epoch {checkpoint['epoch']}, batch {checkpoint['batch']}")
-    atomic_write_text(yaml.safe_dump(config, sort_keys=False), os.path.join(output_dir, "config.yaml"))
+        changes = check_resumable(checkpoint["config"], config, checkpoint["batch"] > 0)
+        print(f"[resume] {last_path}: epoch {checkpoint['epoch']}, batch {checkpoint['batch']}"
+              + (f"; applying {', '.join(changes)}" if changes else ""))
     seed = int(config["seed"])
     data_cfg, train_cfg = config["data"], config["train"]
     progress = bool(train_cfg["progress"])
@@ -209,6 +223,11 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     train_model = DINTrain(model)
     optimizer = make_optimizer(model.parameters(), train_cfg)
     regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
+    # Config and data are checked: only now may the run folder change.
+    if overwrite:
+        clear_run_files(output_dir)
+    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                      os.path.join(output_dir, "config.yaml"))
 
     summary = table.summary()
     results: Dict[str, Any] = {"data": {"summary": summary, "meta": table.meta},
@@ -228,6 +247,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        apply_train_config(optimizer, train_cfg)  # a changed learning rate takes effect
         torch.set_rng_state(checkpoint["rng"])
         results, best_gauc = checkpoint["results"], checkpoint["best_gauc"]
         train_speeds, totals = checkpoint["train_speeds"], checkpoint["totals"]
@@ -292,7 +312,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False) -> Dict
                              "vocab": table.vocab},
                             os.path.join(output_dir, "best.pt"))
             save_progress(epoch + 1, 0)
-            atomic_write_text(json.dumps(results, indent=2), metrics_path)
+            atomic_write_json(results, metrics_path)
             plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
             if stop.signal is not None:
                 raise TrainingInterrupted(stop.signal, last_path)
