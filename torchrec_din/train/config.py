@@ -53,7 +53,9 @@ DEFAULTS: Dict[str, Any] = {
         "validate_inputs": True,       # check ids, lengths, keys, labels of every batch
     },
     "train": {
-        "epochs": 5,
+        "epochs": 5,                  # the cap; with patience > 0 training may stop earlier
+        "patience": 0,                # stop when validation GAUC has not improved this many
+                                      # epochs (0: always train all epochs)
         "batch_size": 256,
         "eval_batch_size": 2048,
         "optimizer": "adam",          # adam | adagrad | sgd
@@ -85,7 +87,7 @@ MINIMUM: Dict[str, float] = {
     "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
     "train.learning_rate": 1e-12, "train.embedding_learning_rate": 1e-12, "train.l2_lambda": 0,
-    "train.checkpoint_every": 0, "train.dist_timeout_s": 1,
+    "train.checkpoint_every": 0, "train.dist_timeout_s": 1, "train.patience": 0,
 }
 
 

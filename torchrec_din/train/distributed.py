@@ -46,7 +46,13 @@ from torchrec_din.train.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from torchrec_din.train.loop import apply_train_config, finish_results, make_optimizer, plot_curves
+from torchrec_din.train.loop import (
+    apply_train_config,
+    early_stop,
+    finish_results,
+    make_optimizer,
+    plot_curves,
+)
 from torchrec_din.train.rundir import clear_run_files
 
 
@@ -182,7 +188,17 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
         if rank == 0:
             print(f"[resume] {last_dcp}: {meta['world_size']} ranks -> {world}, continuing at "
                   f"epoch {start_epoch}")
+    patience = int(train_cfg["patience"])
     for epoch in range(start_epoch, int(train_cfg["epochs"])):
+        stop = torch.tensor([0])
+        if rank == 0:  # rank 0 holds the validation record; everybody follows its decision
+            reason = early_stop(results, patience)
+            if reason is not None:
+                print(f"[early stop] {reason}")
+                stop[0] = 1
+        dist.broadcast(stop, src=0)
+        if int(stop[0]):
+            break
         loader.sampler.set_epoch(epoch)
         if epoch > start_epoch:
             pipeline.attach(dmp)

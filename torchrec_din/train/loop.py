@@ -147,6 +147,23 @@ def finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleT
           f"{results['baselines']['popularity']['gauc']:.4f}")
 
 
+def early_stop(results: Dict[str, Any], patience: int) -> Optional[str]:
+    """Why training should stop now, or None: validation GAUC has not improved for
+    ``patience`` epochs (0 disables the rule; ``train.epochs`` is the cap either way).
+
+    It reads only the per-epoch validation record, so it never sees test data, and a resumed
+    run decides exactly as an uninterrupted one.
+    """
+    epochs, best = results["epochs"], results["best_epoch"]
+    if patience <= 0 or not epochs or best is None:
+        return None
+    since = epochs[-1]["epoch"] - best
+    if since < patience:
+        return None
+    return (f"validation GAUC has not improved for {since} epoch(s) (patience {patience}); "
+            f"best epoch {best}: {epochs[best - epochs[0]['epoch']]['valid']['gauc']:.4f}")
+
+
 class _StopRequest:
     """Turns SIGTERM / SIGINT into a flag the loop checks between batches."""
 
@@ -261,8 +278,13 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
                      "totals": dict(totals), "results": results, "best_gauc": best_gauc,
                      "train_speeds": list(train_speeds), "config": config}, last_path)
 
+    patience = int(train_cfg["patience"])
     with _StopRequest() as stop:
         for epoch in range(start_epoch, int(train_cfg["epochs"])):
+            reason = early_stop(results, patience)
+            if reason is not None:
+                print(f"[early stop] {reason}")
+                break
             model.train()
             skip = start_batch if epoch == start_epoch else 0
             if skip == 0:
