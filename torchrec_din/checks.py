@@ -53,8 +53,11 @@ def describe(name: str, table: str) -> str:
     return "feature '" + name + "' (table '" + table + "')"
 
 
-def check_attention_shapes(query: Tensor, values: Tensor, lengths: Tensor, dim: int) -> None:
-    """Shapes of one attention call: query [B, dim], values [N, dim], lengths [B]."""
+def check_attention_shapes(
+    query: Tensor, values: Tensor, lengths: Tensor, dim: int, grouped: bool = False
+) -> None:
+    """Shapes of one attention call: query [B, dim], values [N, dim], lengths [B]. With
+    ``grouped`` the query is [K, dim] (K candidates over the B histories) and any K is fine."""
     if query.dim() != 2 or query.size(1) != dim:
         raise ValueError(
             f"query must be [B, {dim}] (one candidate embedding per sample), "
@@ -65,11 +68,22 @@ def check_attention_shapes(query: Tensor, values: Tensor, lengths: Tensor, dim: 
             f"keys.values() must be [N, {dim}] (one row per behaviour), "
             f"got shape {list(values.shape)}"
         )
+    if grouped:
+        if lengths.dim() != 1:
+            raise ValueError(f"keys.lengths() must be [B], got shape {list(lengths.shape)}")
+        return
     if lengths.dim() != 1 or lengths.size(0) != query.size(0):
         raise ValueError(
             f"keys.lengths() must be [B] with B = {query.size(0)} query rows (one history "
             f"per candidate), got shape {list(lengths.shape)}"
         )
+
+
+def check_num_candidates(num_candidates: Tensor, lengths: Tensor) -> None:
+    """Shape check: one candidate count per history."""
+    if num_candidates.dim() != 1 or num_candidates.size(0) != lengths.size(0):
+        raise ValueError(f"num_candidates must be [B] with B = {lengths.size(0)} histories, "
+                         f"got shape {list(num_candidates.shape)}")
 
 
 def check_lengths(values: Tensor, lengths: Tensor, name: str) -> None:

@@ -6,10 +6,11 @@ import torch
 from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from torchrec_din.checks import check_attention_shapes, check_lengths
+from torchrec_din.checks import check_attention_shapes, check_lengths, check_num_candidates
 from torchrec_din.modules.activation import make_activation
 from torchrec_din.modules.mlp import ActivationMLP
 from torchrec_din.ops import (
+    candidate_pairs,
     lengths_to_segment_ids,
     segment_softmax,
     segment_sum,
@@ -26,8 +27,10 @@ OUTER_GEMM_MAX_DIM = 24
 torch.fx.wrap("segment_softmax")
 torch.fx.wrap("segment_sum")
 torch.fx.wrap("lengths_to_segment_ids")
+torch.fx.wrap("candidate_pairs")
 torch.fx.wrap("check_attention_shapes")
 torch.fx.wrap("check_lengths")
+torch.fx.wrap("check_num_candidates")
 
 
 class LocalActivationUnit(nn.Module):
@@ -95,43 +98,71 @@ class LocalActivationUnit(nn.Module):
         self.output_layer = nn.Linear(self.hidden.out_features, 1)
 
     def first_layer(
-        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
+        self,
+        query: Tensor,
+        values: Tensor,
+        segment_ids: Tensor,
+        lengths: Tensor,
+        behaviour_index: Optional[Tensor] = None,
     ) -> Tensor:
-        """Pre-activation of the first layer on the N behaviours: [N, H1]."""
+        """Pre-activation of the first layer on the (candidate, behaviour) pairs: [P, H1].
+
+        Without ``behaviour_index`` the pairs are the N behaviours themselves, behaviour j
+        paired with candidate ``segment_ids[j]`` (one candidate per history). With it, pair p
+        is (candidate ``segment_ids[p]``, behaviour ``behaviour_index[p]``), pairs grouped by
+        candidate with ``lengths`` per candidate: several candidates share one history, and
+        the candidate-independent part runs once per behaviour, not once per pair.
+        """
         w_e, w_v, w_d, w_p = self.input_layer.weight.split(self.embedding_dim, dim=1)
-        # Candidate-only part on B rows, then gathered to the N behaviours.
+        # Candidate-only part on the candidate rows, then gathered to the pairs.
         candidate = torch.addmm(self.input_layer.bias, query, (w_v - w_d).t())
-        candidate_n = candidate.index_select(0, segment_ids)
+        hidden = candidate.index_select(0, segment_ids)
         query_n = query.index_select(0, segment_ids)
-        # One GEMM over [e, e*v] ([N, 2D]) was measured faster on CPU than two GEMMs over
-        # [N, D] each (fewer passes over the [N, H] output); see benchmarks/attention.py.
-        parts: List[Tensor] = [values, values * query_n]
-        weights: List[Tensor] = [w_e + w_d, w_p]
+        if behaviour_index is None:
+            pair_values = values
+            # One GEMM over [e, e*v] ([N, 2D]) was measured faster on CPU than two GEMMs
+            # over [N, D] each (fewer passes over the [N, H] output); see
+            # benchmarks/attention.py.
+            parts: List[Tensor] = [values, values * query_n]
+            weights: List[Tensor] = [w_e + w_d, w_p]
+        else:
+            # Shared histories: the behaviour part once per behaviour, gathered to the pairs.
+            behaviour = torch.mm(values, (w_e + w_d).t()).index_select(0, behaviour_index)
+            hidden = hidden + behaviour
+            pair_values = values.index_select(0, behaviour_index)
+            parts = [pair_values * query_n]
+            weights = [w_p]
         outer_weight = self.outer_weight
         d = self.embedding_dim
         gemm_outer = outer_weight is not None and (
             self.outer_as_gemm or torch.compiler.is_compiling())
         if outer_weight is not None and gemm_outer:
-            # vec(e_j v_b^T) [N, D*D] joins the GEMM: D times the FLOPs of the bilinear form
+            # vec(e_j v_b^T) [P, D*D] joins the GEMM: D times the FLOPs of the bilinear form
             # below, but faster for small D on CPU, and plain index/GEMM ops, so it exports
             # with N dynamic (FBGEMM's kernel takes its length bound as a fixed int).
-            parts.append((values.unsqueeze(2) * query_n.unsqueeze(1)).reshape(-1, d * d))
+            parts.append((pair_values.unsqueeze(2) * query_n.unsqueeze(1)).reshape(-1, d * d))
             weights.append(outer_weight.reshape(outer_weight.size(0), d * d))
-        hidden = torch.addmm(candidate_n, torch.cat(parts, dim=1), torch.cat(weights, dim=1).t())
+        hidden = torch.addmm(hidden, torch.cat(parts, dim=1), torch.cat(weights, dim=1).t())
         if outer_weight is not None and not gemm_outer:
-            # Bilinear form: M_b = U v_b on B rows ([B, D, H]), then each segment's rows e_j M_b
-            # with FBGEMM's jagged_dense_bmm; no [N, D, D] tensor. N bounds every segment's
-            # length without reading ``lengths`` on the host.
+            # Bilinear form: M_k = U v_k on the candidate rows ([K, D, H]), then each
+            # candidate's pairs e_j M_k with FBGEMM's jagged_dense_bmm; no [P, D, D] tensor.
+            # P bounds every segment's length without reading ``lengths`` on the host.
             m = torch.einsum("hik,bk->bih", outer_weight, query)
             offsets = torch.ops.fbgemm.asynchronous_complete_cumsum(lengths)
             hidden = hidden + torch.ops.fbgemm.jagged_dense_bmm(
-                values, offsets, m, values.size(0))[0]
+                pair_values, offsets, m, pair_values.size(0))[0]
         return hidden
 
     def forward(
-        self, query: Tensor, values: Tensor, segment_ids: Tensor, lengths: Tensor
+        self,
+        query: Tensor,
+        values: Tensor,
+        segment_ids: Tensor,
+        lengths: Tensor,
+        behaviour_index: Optional[Tensor] = None,
     ) -> Tensor:
-        hidden = self.input_activation(self.first_layer(query, values, segment_ids, lengths))
+        hidden = self.input_activation(
+            self.first_layer(query, values, segment_ids, lengths, behaviour_index))
         return self.output_layer(self.hidden(hidden)).squeeze(1)
 
 
@@ -155,7 +186,9 @@ class JaggedTargetAttention(nn.Module):
 
     Shapes:
         query: [B, D]; keys: JaggedTensor with values [N, D] and lengths [B] (N = total
-        behaviours); output: [B, D].
+        behaviours); output: [B, D]. ``forward_grouped``: query [K, D] with K_b candidates
+        per history (num_candidates [B]); output [K, D]. Each behaviour's
+        candidate-independent part is computed once, whatever K_b.
 
     Example::
 
@@ -199,8 +232,53 @@ class JaggedTargetAttention(nn.Module):
         pooled = segment_sum(values * weights.unsqueeze(1), lengths, seg)
         return pooled, weights
 
+    @torch.jit.export
+    def attend_grouped(
+        self,
+        query: Tensor,
+        values: Tensor,
+        lengths: Tensor,
+        num_candidates: Tensor,
+        num_pairs: Optional[int] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """K candidates against B shared histories: interest [K, D] and pair weights [P].
+
+        Candidate k (rows grouped by history: ``num_candidates[b]`` rows for history b)
+        attends over its history exactly as if it had its own copy, but each behaviour's
+        candidate-independent first-layer part is computed once for all its candidates.
+
+        Args:
+            query: [K, D] candidate embeddings, grouped by history.
+            values: [N, D] behaviours; lengths: [B] per history.
+            num_candidates: [B] candidates per history (0 allowed).
+            num_pairs: P = sum of each candidate's history length, if known (saves a sync).
+        """
+        check_attention_shapes(query, values, lengths, self.embedding_dim, grouped=True)
+        check_num_candidates(num_candidates, lengths)
+        if self.validate_inputs:
+            check_lengths(values, lengths, "keys")
+            check_lengths(query, num_candidates, "candidates")
+        pair_lengths, pair_candidate, pair_behaviour = candidate_pairs(
+            lengths, num_candidates, query.size(0), num_pairs)
+        scores = self.unit(query, values, pair_candidate, pair_lengths, pair_behaviour)
+        if self.normalization == "softmax":
+            weights = segment_softmax(scores, pair_lengths, pair_candidate)
+        else:
+            weights = scores
+        pooled = segment_sum(values.index_select(0, pair_behaviour) * weights.unsqueeze(1),
+                             pair_lengths, pair_candidate)
+        return pooled, weights
+
     def forward(self, query: Tensor, keys: JaggedTensor) -> Tensor:
         return self.attend(query, keys.values(), keys.lengths())[0]
+
+    @torch.jit.export
+    def forward_grouped(
+        self, query: Tensor, keys: JaggedTensor, num_candidates: Tensor
+    ) -> Tensor:
+        """Interest vectors [K, D] for K candidates over B shared histories
+        (``num_candidates`` [B]: K_b candidates per history, query rows grouped by history)."""
+        return self.attend_grouped(query, keys.values(), keys.lengths(), num_candidates, None)[0]
 
     @torch.jit.export
     def forward_with_weights(

@@ -2,6 +2,7 @@
 
 from torchrec_din.ops.jagged import (  # noqa: F401
     broadcast_to_segments,
+    candidate_pairs,
     IMPLS,
     lengths_to_segment_ids,
     segment_softmax,

@@ -16,7 +16,7 @@ Every function is scriptable as a whole (all branches compile), so a scripted mo
 call them with any ``impl``.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -164,3 +164,52 @@ def segment_softmax(
     exp = torch.exp(scores - seg_max.index_select(0, segment_ids))
     denom = scores.new_zeros([num_segments]).index_add(0, segment_ids, exp)
     return exp / denom.index_select(0, segment_ids)
+
+
+def candidate_pairs(
+    lengths: Tensor,
+    num_candidates: Tensor,
+    num_candidates_total: Optional[int] = None,
+    num_pairs: Optional[int] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """(candidate, behaviour) pairs when K_b candidates share history b.
+
+    Candidates are grouped by history (the K_0 candidates of history 0 first, ...);
+    behaviours are the histories' rows back to back. Pair order is candidate-major, each
+    candidate's pairs in its history's order: exactly the rows of a batch that gives every
+    candidate its own copy of the history.
+
+    Args:
+        lengths (Tensor): [B] behaviours per history.
+        num_candidates (Tensor): [B] candidates per history.
+        num_candidates_total (Optional[int]): K = num_candidates.sum() (e.g. the candidate
+            rows' count); otherwise read on the host (a device sync).
+        num_pairs (Optional[int]): P = sum over candidates of their history's length, if
+            known; otherwise read on the host (a device sync).
+
+    Returns:
+        Tuple[Tensor, Tensor, Tensor]: ``pair_lengths`` [K] (pairs of each candidate),
+        ``pair_candidate`` [P] and ``pair_behaviour`` [P] (row of ``values`` of each pair).
+
+    Example::
+
+        candidate_pairs(torch.tensor([2, 0, 1]), torch.tensor([2, 1, 1]))
+        # (tensor([2, 2, 0, 1]), tensor([0, 0, 1, 1, 3]), tensor([0, 1, 0, 1, 2]))
+    """
+    num_histories = lengths.numel()
+    history_of_candidate = torch.repeat_interleave(
+        torch.arange(num_histories, device=lengths.device), num_candidates,
+        output_size=num_candidates_total)
+    pair_lengths = lengths.index_select(0, history_of_candidate)
+    if num_pairs is None:
+        num_pairs = int(pair_lengths.sum().item())
+    num_k = pair_lengths.numel()
+    pair_candidate = torch.repeat_interleave(
+        torch.arange(num_k, device=lengths.device), pair_lengths, output_size=num_pairs)
+    history_start = torch.cumsum(lengths, 0) - lengths
+    pair_start = torch.cumsum(pair_lengths, 0) - pair_lengths
+    offset_in_history = (torch.arange(num_pairs, device=lengths.device)
+                         - pair_start.index_select(0, pair_candidate))
+    pair_behaviour = (history_start.index_select(0, history_of_candidate)
+                      .index_select(0, pair_candidate) + offset_in_history)
+    return pair_lengths, pair_candidate, pair_behaviour
