@@ -97,3 +97,41 @@ def test_forward_num_candidates_and_script() -> None:
         attn.forward_grouped(q, keys, torch.tensor([2, 1, 1]))
     with pytest.raises(ValueError, match=r"num_candidates must be \[B\] with B = 3"):
         attn.forward_grouped(q, keys, torch.tensor([2, 3]))
+
+
+def test_interaction_grouped_equals_one_row_per_candidate() -> None:
+    from torchrec import KeyedJaggedTensor
+
+    from torchrec_din import DINInteraction
+    from torchrec_din.testing.toy import TOY_GROUPS, toy_collections
+
+    torch.manual_seed(0)
+    ec, _ = toy_collections()
+    din = DINInteraction.from_collections(TOY_GROUPS, [ec], hidden_units=(8,),
+                                          activation="dice", normalization="softmax")
+    g = torch.Generator().manual_seed(1)
+    hist, counts = [3, 0, 4], [2, 1, 0]
+    n, k = sum(hist), sum(counts)
+    items, cates = torch.randint(0, 50, (k,), generator=g), torch.randint(0, 7, (k,), generator=g)
+    h_items, h_cates = torch.randint(0, 50, (n,), generator=g), torch.randint(0, 7, (n,), generator=g)
+    grouped = KeyedJaggedTensor.from_lengths_sync(
+        keys=["item", "cate", "hist_item", "hist_cate"],
+        values=torch.cat([items, cates, h_items, h_cates]),
+        lengths=torch.tensor(counts + counts + hist + hist))
+    # One row per candidate, each with its own copy of the history.
+    owner = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    starts = torch.tensor([0, 3, 3])
+    rows_h = [h_items[starts[b]:starts[b] + hist[b]] for b in owner.tolist()]
+    rows_c = [h_cates[starts[b]:starts[b] + hist[b]] for b in owner.tolist()]
+    row_lengths = [hist[b] for b in owner.tolist()]
+    flat = KeyedJaggedTensor.from_lengths_sync(
+        keys=["item", "cate", "hist_item", "hist_cate"],
+        values=torch.cat([items, cates] + rows_h + rows_c),
+        lengths=torch.tensor([1] * k + [1] * k + row_lengths + row_lengths))
+    emb_grouped, emb_flat = ec(grouped), ec(flat)
+    out = din.forward_grouped(emb_grouped)
+    ref = copy.deepcopy(din)(emb_flat)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(din.candidates_grouped(emb_grouped), din.candidates(emb_flat))
+    torch.testing.assert_close(torch.jit.script(din.eval()).forward_grouped(emb_grouped),
+                               din.forward_grouped(emb_grouped))

@@ -160,14 +160,42 @@ class _GroupedInteraction(nn.Module):
                           self.group_names[group])
         return jt
 
-    def group_candidates(self, embeddings: Dict[str, JaggedTensor], group: int) -> Tensor:
-        """Concatenated candidate embeddings of group ``group``: [B, group_dims[group]]."""
+    def group_candidates(
+        self, embeddings: Dict[str, JaggedTensor], group: int, grouped: bool = False
+    ) -> Tensor:
+        """Concatenated candidate embeddings of group ``group``: [B, group_dims[group]], or
+        with ``grouped`` [K, group_dims[group]] (K_b candidates per history)."""
         parts: List[Tensor] = []
-        for name in self.candidate_features[group]:
+        names = self.candidate_features[group]
+        first = self._feature(embeddings, names[0], group)
+        for name in names:
             jt = self._feature(embeddings, name, group)
-            if self.validate_inputs:
+            if grouped:
+                check_equal_lengths(names[0], name, first.lengths(), jt.lengths(),
+                                    self.validate_inputs)
+            elif self.validate_inputs:
                 check_candidate_lengths(jt.lengths(), name, self.feature_tables[name])
             parts.append(jt.values())
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def num_candidates(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
+        """[B] candidates per history (grouped form): the first candidate feature's lengths;
+        every group's candidate features must have the same."""
+        first_name = self.candidate_features[0][0]
+        first = self._feature(embeddings, first_name, 0)
+        for group in range(1, len(self.group_names)):
+            name = self.candidate_features[group][0]
+            check_equal_lengths(first_name, name, first.lengths(),
+                                self._feature(embeddings, name, group).lengths(),
+                                self.validate_inputs)
+        return first.lengths()
+
+    @torch.jit.export
+    def candidates_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
+        """Candidate embeddings of all groups in the grouped form: [K, output_dim]."""
+        parts: List[Tensor] = []
+        for i in range(len(self.group_names)):
+            parts.append(self.group_candidates(embeddings, i, True))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def group_history(
@@ -272,6 +300,20 @@ class DINInteraction(_GroupedInteraction):
             query = self.group_candidates(embeddings, i)
             values, lengths = self.group_history(embeddings, i)
             outputs.append(attention.attend(query, values, lengths)[0])
+        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+    @torch.jit.export
+    def forward_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
+        """Interest vectors [K, output_dim] when candidate features carry K_b ids per
+        history (e.g. a request's candidates, or a positive and its negatives): each
+        history is looked up and its candidate-independent attention part computed once."""
+        num_candidates = self.num_candidates(embeddings)
+        outputs: List[Tensor] = []
+        for i, attention in enumerate(self.attention):
+            query = self.group_candidates(embeddings, i, True)
+            values, lengths = self.group_history(embeddings, i)
+            outputs.append(attention.attend_grouped(query, values, lengths, num_candidates,
+                                                    None)[0])
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 
