@@ -56,6 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_export = sub.add_parser("export", help="TorchScript the multi-candidate scorer of a run")
     p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
     p_export.add_argument("--output", required=True, help="file for torch.jit.save")
+    p_export.add_argument("--int8", action="store_true",
+                          help="int8 tables (torchrec inference quantization), then fx trace "
+                               "and script")
     p_score = sub.add_parser("score", help="score JSON Lines requests: one user, many candidates "
                                            "per line")
     p_score.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
@@ -161,9 +164,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.command == "export":
-        export_scorer(model, args.output, int(state["config"]["data"]["max_history"]))
-        print(f"[export] TorchScript scorer of {args.checkpoint} (epoch {state.get('epoch')}) "
-              f"-> {args.output}")
+        export_scorer(model, args.output, int(state["config"]["data"]["max_history"]),
+                      int8=args.int8)
+        print(f"[export] TorchScript {'int8 ' if args.int8 else ''}scorer of {args.checkpoint} "
+              f"(epoch {state.get('epoch')}) -> {args.output}")
         return 0
     trained_cap = int(state["config"]["data"]["max_history"])
     max_history = trained_cap if args.max_history is None else args.max_history

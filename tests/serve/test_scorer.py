@@ -1,3 +1,4 @@
+import io
 import json
 
 import pytest
@@ -6,6 +7,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.cli import main
 from torchrec_din.serve import DINScorer, export_scorer, load_trained
+from torchrec_din.serve.export import script_scorer
 from torchrec_din.serve.requests import parse_request, RequestError, to_tensors
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import atomic_save
@@ -62,6 +64,9 @@ def _requests():
     {},
     {"attention_activation": "dice", "attention_normalization": "softmax",
      "over_arch_activation": "dice"},
+    {"attention_activation": "prelu", "use_outer_product": "true"},
+    {"attention_activation": "relu", "attention_normalization": "softmax",
+     "use_outer_product": "true", "embedding_dim": 16},  # D = 32: the bilinear outer path
     {"name": "base"},
 ])
 def test_multi_candidate_equals_row_by_row_and_script(overrides) -> None:
@@ -85,6 +90,11 @@ def test_export_roundtrip_and_score_cli(tmp_path) -> None:
     export_scorer(loaded, path)
     torch.testing.assert_close(torch.jit.load(path)(*to_tensors(_requests())), expected,
                                rtol=1e-5, atol=1e-5)
+
+    int8_path = tmp_path / "scorer_int8.pt"
+    assert main(["export", "--checkpoint", str(run), "--output", str(int8_path), "--int8"]) == 0
+    torch.testing.assert_close(torch.jit.load(str(int8_path))(*to_tensors(_requests())),
+                               expected, rtol=0, atol=0.05)
 
     requests = tmp_path / "requests.jsonl"
     with open(requests, "w") as f:
@@ -133,3 +143,23 @@ def test_score_cli_reports_bad_line(tmp_path, capsys) -> None:
                  "--output", str(tmp_path / "s.jsonl")]) == 1
     assert "line 2: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "s.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides", [{"attention_activation": "dice"}, {"name": "base"}])
+def test_int8_scorer_scripts_and_equals_eager_int8(overrides) -> None:
+    import copy
+
+    from torchrec.inference.modules import quantize_inference_model
+
+    model, _ = _model(**overrides)
+    int8 = quantize_inference_model(copy.deepcopy(model))
+    expected = _row_by_row(int8)  # the quantized model scoring each (user, candidate) row
+    inputs = to_tensors(_requests())
+    torch.testing.assert_close(DINScorer(int8).eval()(*inputs), expected, rtol=1e-5, atol=1e-5)
+    buffer = io.BytesIO()
+    torch.jit.save(script_scorer(model, int8=True), buffer)
+    buffer.seek(0)
+    scripted = torch.jit.load(buffer)
+    torch.testing.assert_close(scripted(*inputs), expected, rtol=1e-5, atol=1e-5)
+    # int8 rows stay close to the fp32 model.
+    torch.testing.assert_close(expected, _row_by_row(model), rtol=0, atol=0.05)

@@ -128,7 +128,40 @@ class DINModel(nn.Module):
                       self.feature_tables)
         embeddings = self.embedding_collection(sequence_features)
         candidates = self.interaction.candidates(embeddings)
-        parts: List[Tensor] = [candidates, self.interaction(embeddings)]
+        return self._over_arch(candidates, self.interaction(embeddings), pooled_features,
+                               dense_features, None)
+
+    @torch.jit.export
+    def forward_grouped(
+        self,
+        sequence_features: KeyedJaggedTensor,
+        pooled_features: Optional[KeyedJaggedTensor] = None,
+        dense_features: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Logits [K] when K_b candidates share history b: candidate features carry K_b ids
+        per sample, histories, pooled and dense features one per sample (B rows). Each
+        history is looked up and attended to once per behaviour where the attention allows;
+        equal to giving every candidate its own row."""
+        if self.validate_inputs:
+            check_kjt(sequence_features, "sequence_features", self.sequence_rows,
+                      self.feature_tables)
+        embeddings = self.embedding_collection(sequence_features)
+        candidates = self.interaction.candidates_grouped(embeddings)
+        return self._over_arch(candidates, self.interaction.forward_grouped(embeddings),
+                               pooled_features, dense_features,
+                               self.interaction.history_of_candidates(embeddings))
+
+    def _over_arch(
+        self,
+        candidates: Tensor,
+        interest: Tensor,
+        pooled_features: Optional[KeyedJaggedTensor],
+        dense_features: Optional[Tensor],
+        rows: Optional[Tensor],
+    ) -> Tensor:
+        """[candidates, interest, pooled, dense] -> logits; ``rows`` maps each output row to
+        its sample's pooled and dense row (grouped form), None when they are the same."""
+        parts: List[Tensor] = [candidates, interest]
         ebc = self.embedding_bag_collection
         if ebc is not None:
             if self.validate_inputs:
@@ -138,10 +171,14 @@ class DINModel(nn.Module):
             pooled: Dict[str, Tensor] = ebc(
                 _required_kjt(pooled_features, "pooled_features")).to_dict()
             for key in self.pooled_keys:
-                parts.append(pooled[key])
+                parts.append(pooled[key] if rows is None else pooled[key].index_select(0, rows))
         if self.dense_in_features > 0:
             dense = _required(dense_features, "dense_features")
-            check_dense(dense, candidates.size(0), self.dense_in_features, self.validate_inputs)
+            samples = candidates.size(0) if rows is None else rows.size(0)
+            if rows is not None:
+                check_dense(dense, dense.size(0), self.dense_in_features, self.validate_inputs)
+                dense = dense.index_select(0, rows)
+            check_dense(dense, samples, self.dense_in_features, self.validate_inputs)
             parts.append(dense)
         return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
 

@@ -191,6 +191,14 @@ class _GroupedInteraction(nn.Module):
         return first.lengths()
 
     @torch.jit.export
+    def history_of_candidates(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
+        """Grouped form: the history (sample) each of the K candidate rows belongs to: [K]."""
+        num = self.num_candidates(embeddings)
+        k = self._feature(embeddings, self.candidate_features[0][0], 0).values().size(0)
+        return torch.repeat_interleave(torch.arange(num.size(0), device=num.device), num,
+                                       output_size=k)
+
+    @torch.jit.export
     def candidates_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         """Candidate embeddings of all groups in the grouped form: [K, output_dim]."""
         parts: List[Tensor] = []
@@ -344,3 +352,8 @@ class SumPoolingInteraction(_GroupedInteraction):
                 check_lengths(values, lengths, self.history_features[i][0])
             outputs.append(segment_sum(values, lengths, None))
         return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+    @torch.jit.export
+    def forward_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
+        """Grouped form: each history pooled once, repeated for its K_b candidates: [K, w]."""
+        return self.forward(embeddings).index_select(0, self.history_of_candidates(embeddings))

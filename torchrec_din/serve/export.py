@@ -1,5 +1,6 @@
 """Load a trained model from its checkpoint and export the scorer with TorchScript."""
 
+import copy
 import os
 from typing import Any, Dict, Tuple
 
@@ -26,9 +27,25 @@ def load_trained(checkpoint: str) -> Tuple[DINModel, Dict[str, Any]]:
     return model, state
 
 
-def export_scorer(model: DINModel, path: str, max_history: int = 0) -> torch.jit.ScriptModule:
-    """Script :class:`DINScorer` for ``model`` (keeping the newest ``max_history`` behaviours
-    of each history, 0: all) and save it atomically to ``path``."""
-    scripted = torch.jit.script(DINScorer(model, max_history).eval())
+def script_scorer(model: DINModel, max_history: int = 0,
+                  int8: bool = False) -> torch.jit.ScriptModule:
+    """TorchScript :class:`DINScorer` for ``model`` (keeping the newest ``max_history``
+    behaviours of each history, 0: all). ``int8``: tables quantized by torchrec's
+    ``quantize_inference_model`` (row-wise int8), then TorchRec's inference recipe
+    (``torchrec.fx.symbolic_trace``, then ``torch.jit.script``)."""
+    if not int8:
+        return torch.jit.script(DINScorer(model, max_history).eval())
+    from torchrec.fx import symbolic_trace
+    from torchrec.inference.modules import quantize_inference_model
+
+    quantized = quantize_inference_model(copy.deepcopy(model).eval())
+    return torch.jit.script(symbolic_trace(DINScorer(quantized, max_history).eval()))
+
+
+def export_scorer(model: DINModel, path: str, max_history: int = 0,
+                  int8: bool = False) -> torch.jit.ScriptModule:
+    """:func:`script_scorer`, saved atomically to ``path``. Load it after ``import
+    fbgemm_gpu`` (or torchrec), which registers the FBGEMM ops it calls."""
+    scripted = script_scorer(model, max_history, int8)
     atomic_write(path, lambda f: torch.jit.save(scripted, f))
     return scripted

@@ -1,31 +1,33 @@
 """Serving: score K_u candidates per user against one history, the history embedded once.
 
-At serving time a user arrives with one history and many candidates. The padded way copies
-the history once per candidate. Here each behaviour is embedded once, the
-candidate-independent part of the first attention layer, ``e_j (W_e + W_d)``, is computed
-once per behaviour, the candidate part ``v_k (W_v - W_d) + b`` once per candidate, and only
-``(e_j * v_k) W_p`` and the small layers after it run per (candidate, behaviour) pair.
+The scorer is the trained model itself in eval mode on the grouped form
+(:meth:`DINModel.forward_grouped`): each user's history is looked up once and every
+behaviour's candidate-independent attention part is computed once, whatever the number of
+candidates. There is no second copy of the attention math here: this module only turns
+request tensors into the KeyedJaggedTensors the model reads.
 """
 
-from typing import List, Optional
+from typing import List, Tuple
 
 import torch
 from torch import nn, Tensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.models.din import DINModel
-from torchrec_din.modules.interaction import DINInteraction, SumPoolingInteraction
 
 
 class DINScorer(nn.Module):
-    """A TorchScript-able scorer sharing the parameters of a trained DIN or BaseModel.
+    """A TorchScript-able scorer around a trained DIN or BaseModel (fp32 or int8 tables).
 
-    Supports models with one attention group whose candidate feature i and history feature
-    i look up the same table (as ``torchrec_din.train`` builds them), pooled features with one
-    id per user, and dense features per user. Call ``.eval()`` first (Dice then uses its
-    running statistics, so every score is independent of the rest of the request).
+    Supports models whose attention groups read candidate features paired one to one with
+    history features (as ``torchrec_din.train`` builds them: one group), every activation,
+    normalization and the outer product, pooled features with one id per user, and dense
+    features per user. Call ``.eval()`` first (Dice then uses its running statistics, so
+    every score is independent of the rest of the request).
 
     Args:
-        model (DINModel): a trained DIN or BaseModel (unsharded).
+        model (DINModel): a trained DIN or BaseModel (unsharded; may be quantized with
+            ``torchrec.inference.modules.quantize_inference_model``).
         max_history (int): keep each user's newest ``max_history`` behaviours, as training
             did (``data.max_history``); 0 keeps all.
 
@@ -51,52 +53,16 @@ class DINScorer(nn.Module):
         super().__init__()
         if max_history < 0:
             raise ValueError(f"max_history must be >= 0, got {max_history}")
-        self.max_history: int = max_history
         interaction = model.interaction
         if len(interaction.groups) != 1:
             raise ValueError("DINScorer supports models with exactly one attention group")
         group = interaction.groups[0]
-        ec = model.embedding_collection
-        table_of = {f: c.name for c in ec.embedding_configs() for f in c.feature_names}
-        for cand, hist in zip(group.candidate_features, group.history_features):
-            if table_of[cand] != table_of[hist]:
-                raise ValueError(f"candidate feature {cand!r} and history feature {hist!r} "
-                                 "must share a table for DINScorer")
+        self.max_history: int = max_history
         self.features: List[str] = list(group.candidate_features)
         self.history_features: List[str] = list(group.history_features)
-        self.tables = nn.ModuleList([ec.embeddings[table_of[f]] for f in self.features])
         self.pooled_features: List[str] = list(model.pooled_keys)
-        bags: List[nn.Module] = []
-        if model.embedding_bag_collection is not None:
-            ebc = model.embedding_bag_collection
-            bag_of = {f: c.name for c in ebc.embedding_bag_configs() for f in c.feature_names}
-            bags = [ebc.embedding_bags[bag_of[f]] for f in self.pooled_features]
-        self.bags = nn.ModuleList(bags)
         self.dense_in_features: int = model.dense_in_features
-        self.use_attention: bool = isinstance(interaction, DINInteraction)
-        if not self.use_attention and not isinstance(interaction, SumPoolingInteraction):
-            raise ValueError(f"unsupported interaction {type(interaction).__name__}")
-        self.dim: int = interaction.group_dims[0]
-        self.softmax: bool = False
-        self.input_layer: Optional[nn.Linear] = None
-        if self.use_attention:
-            attention = interaction.attention[0]
-            unit = attention.unit
-            if unit.outer_weight is not None:
-                raise ValueError("DINScorer does not support use_outer_product=True")
-            self.softmax = attention.normalization == "softmax"
-            self.input_layer = unit.input_layer
-            self.input_activation = unit.input_activation
-            self.hidden = unit.hidden
-            self.output_layer = unit.output_layer
-        self.over_arch = model.over_arch
-        self.final = model.final
-
-    def _embed(self, ids: Tensor) -> Tensor:
-        parts: List[Tensor] = []
-        for i, table in enumerate(self.tables):
-            parts.append(table(ids[:, i]))
-        return torch.cat(parts, dim=1)
+        self.model = model
 
     def forward(
         self,
@@ -116,53 +82,40 @@ class DINScorer(nn.Module):
             from_end = ends - torch.arange(history_ids.size(0), device=history_ids.device)
             history_ids = history_ids[from_end <= self.max_history]
             history_lengths = history_lengths.clamp(max=self.max_history)
-        e = self._embed(history_ids)        # [N, D]: each behaviour embedded once
-        v = self._embed(candidate_ids)      # [K, D]
-        k_total = v.size(0)
-        users = torch.arange(num_users, device=v.device)
-        cand_user = torch.repeat_interleave(users, candidate_counts, output_size=k_total)
-        if self.use_attention:
-            layer = self.input_layer
-            assert layer is not None
-            w_e, w_v, w_d, w_p = layer.weight.split(self.dim, dim=1)
-            behaviour_part = e @ (w_e + w_d).t()                          # [N, H], once
-            candidate_part = torch.addmm(layer.bias, v, (w_v - w_d).t())  # [K, H], once
-            # Pairs (candidate k, behaviour j of k's user), grouped by candidate.
-            hist_start = torch.cumsum(history_lengths, 0) - history_lengths
-            pair_len = history_lengths.index_select(0, cand_user)
-            num_pairs = int(pair_len.sum().item())
-            pair_cand = torch.repeat_interleave(
-                torch.arange(k_total, device=v.device), pair_len, output_size=num_pairs)
-            pair_first = torch.cumsum(pair_len, 0) - pair_len
-            pair_beh = (hist_start.index_select(0, cand_user).index_select(0, pair_cand)
-                        + torch.arange(num_pairs, device=v.device)
-                        - pair_first.index_select(0, pair_cand))
-            e_pair = e.index_select(0, pair_beh)
-            hidden = torch.addmm(
-                behaviour_part.index_select(0, pair_beh) + candidate_part.index_select(0, pair_cand),
-                e_pair * v.index_select(0, pair_cand), w_p.t())
-            hidden = self.hidden(self.input_activation(hidden))
-            scores = self.output_layer(hidden).squeeze(1)                  # [P]
-            if self.softmax:
-                seg_max = torch.full((k_total,), float("-inf"), dtype=scores.dtype,
-                                     device=scores.device).scatter_reduce(
-                    0, pair_cand, scores, reduce="amax", include_self=True)
-                exp = torch.exp(scores - seg_max.index_select(0, pair_cand))
-                denom = torch.zeros(k_total, dtype=scores.dtype,
-                                    device=scores.device).index_add(0, pair_cand, exp)
-                scores = exp / denom.index_select(0, pair_cand)
-            interest = torch.zeros(k_total, self.dim, dtype=e.dtype, device=e.device).index_add(
-                0, pair_cand, e_pair * scores.unsqueeze(1))
-        else:
-            seg = torch.repeat_interleave(users, history_lengths, output_size=e.size(0))
-            per_user = torch.zeros(num_users, self.dim, dtype=e.dtype,
-                                   device=e.device).index_add(0, seg, e)
-            interest = per_user.index_select(0, cand_user)
-        parts: List[Tensor] = [v, interest]
-        for i, bag in enumerate(self.bags):
-            # 2-D input: one bag of one id per user (no offsets, whatever the bag's
-            # include_last_offset setting).
-            parts.append(bag(pooled_ids[:, i:i + 1]).index_select(0, cand_user))
-        if self.dense_in_features > 0:
-            parts.append(dense.index_select(0, cand_user))
-        return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
+        sequence, pooled = request_kjts(
+            self.features, self.history_features, self.pooled_features, history_ids,
+            history_lengths, candidate_ids, candidate_counts, pooled_ids)
+        return self.model.forward_grouped(sequence, pooled, dense)
+
+
+def request_kjts(
+    features: List[str],
+    history_features: List[str],
+    pooled_features: List[str],
+    history_ids: Tensor,
+    history_lengths: Tensor,
+    candidate_ids: Tensor,
+    candidate_counts: Tensor,
+    pooled_ids: Tensor,
+) -> Tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
+    """The model's inputs in the grouped form: candidate features with K_u ids per user,
+    history features with the user's behaviours, pooled features with one id per user."""
+    values: List[Tensor] = []
+    lengths: List[Tensor] = []
+    for i in range(len(features)):
+        values.append(candidate_ids[:, i])
+        lengths.append(candidate_counts)
+    for i in range(len(history_features)):
+        values.append(history_ids[:, i])
+        lengths.append(history_lengths)
+    sequence = KeyedJaggedTensor(keys=features + history_features, values=torch.cat(values),
+                                 lengths=torch.cat(lengths))
+    pooled = KeyedJaggedTensor(
+        keys=pooled_features, values=pooled_ids.t().reshape(-1),
+        lengths=torch.ones(pooled_ids.numel(), dtype=torch.long, device=pooled_ids.device))
+    return sequence, pooled
+
+
+# A leaf in fx graphs (it builds KeyedJaggedTensors), so that the int8 scorer can follow
+# TorchRec's inference recipe: torchrec.fx.symbolic_trace, then torch.jit.script.
+torch.fx.wrap("request_kjts")
