@@ -24,7 +24,7 @@ def test_unknown_key_is_named(tmp_path) -> None:
         load_config(None, ["train.epochs"])
 
 
-@pytest.mark.parametrize("name", ["movielens_din", "movielens_din_dice", "movielens_base",
+@pytest.mark.parametrize("name", ["movielens_din", "movielens_din_sigmoid", "movielens_base",
                                   "synthetic_din"])
 def test_shipped_configs_load(name) -> None:
     load_config(f"configs/{name}.yaml")
