@@ -43,13 +43,16 @@ def test_synthetic_run_writes_everything(tmp_path, extra) -> None:
     assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
 
 
-def test_movielens_short_run(tmp_path) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_movielens_short_run(tmp_path, grouped) -> None:
     out = tmp_path / "ml"
     args = ["train", "--config", "configs/movielens_din.yaml", "--output-dir", str(out),
             "--set", "train.epochs=1", "--set", "train.progress=false",
             "--set", "data.max_history=20", "--set", f"data.cache_dir={tmp_path / 'cache'}",
             "--set", "data.protocol=next_item", "--set", "data.valid_per_user=5",
-            "--set", "data.test_per_user=5"]
+            "--set", "data.test_per_user=5", "--set", f"data.group_histories={str(grouped).lower()}"]
+    if grouped:  # batch_size counts histories of 2 samples each: the same samples per step
+        args += ["--set", "train.batch_size=128"]
     torch.manual_seed(0)
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())

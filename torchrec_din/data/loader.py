@@ -19,10 +19,15 @@ SEQUENCE_FEATURES = CANDIDATE_FEATURES + HISTORY_FEATURES
 class DINDataset(Dataset):
     """One split of a SampleTable; ``dataset[positions]`` builds a whole DINBatch at once.
 
+    With ``group_histories`` the items are *histories*: samples with the same user and
+    history (e.g. a positive and its negative in the ``next_item`` protocol) form one item
+    whose batch carries the history once and K candidates (``DINModel.forward_grouped``).
+
     Args:
         table (SampleTable): the samples.
         split (str): "train", "valid" or "test" (or "all").
         pooled_features (Sequence[str]): user features for the EmbeddingBagCollection.
+        group_histories (bool): one item per shared history instead of one per sample.
 
     Example::
 
@@ -30,9 +35,22 @@ class DINDataset(Dataset):
         batch = ds[np.arange(256)]
     """
 
-    def __init__(self, table: SampleTable, split: str, pooled_features: Sequence[str]) -> None:
+    def __init__(self, table: SampleTable, split: str, pooled_features: Sequence[str],
+                 group_histories: bool = False) -> None:
         self.table = table
         self.rows = np.arange(len(table)) if split == "all" else table.split_indices(split)
+        self.group_histories = group_histories
+        self.group_offsets: Optional[np.ndarray] = None
+        if group_histories:
+            # Rows sorted so that samples sharing (user, history) are adjacent; each group is
+            # one item. lexsort keeps the original order within a group (stable).
+            key = (self.table.hist_end[self.rows], self.table.hist_start[self.rows],
+                   self.table.user_row[self.rows])
+            self.rows = self.rows[np.lexsort(key)]
+            k = np.stack([a[np.lexsort(key)] for a in key])
+            new = np.ones(self.rows.size, dtype=bool)
+            new[1:] = np.any(k[:, 1:] != k[:, :-1], axis=0)
+            self.group_offsets = np.append(np.flatnonzero(new), self.rows.size)
         missing = [f for f in pooled_features if f not in table.user_features]
         if missing:
             raise ValueError(f"pooled features {missing} are not in the data; it has "
@@ -40,6 +58,8 @@ class DINDataset(Dataset):
         self.pooled_features = list(pooled_features)
 
     def __len__(self) -> int:
+        if self.group_offsets is not None:
+            return int(self.group_offsets.size - 1)
         return int(self.rows.size)
 
     def user_ids(self) -> np.ndarray:
@@ -48,15 +68,24 @@ class DINDataset(Dataset):
 
     def __getitem__(self, positions: Sequence[int]) -> DINBatch:
         t = self.table
-        rows = self.rows[np.asarray(positions, dtype=np.int64)]
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.group_offsets is not None:
+            starts, ends = self.group_offsets[positions], self.group_offsets[positions + 1]
+            counts = ends - starts
+            members = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            samples = self.rows[members + np.arange(int(counts.sum()), dtype=np.int64)]
+            rows = self.rows[starts]  # one row per history: its history and user
+        else:
+            rows = self.rows[positions]
+            samples, counts = rows, np.ones(rows.size, dtype=np.int64)
         b = rows.size
         flat, lengths = t.history_positions(rows)
         ones = np.ones(b, dtype=np.int64)
         seq = KeyedJaggedTensor(
             keys=SEQUENCE_FEATURES,
             values=torch.from_numpy(np.concatenate(
-                [t.item[rows], t.cate[rows], t.seq_item[flat], t.seq_cate[flat]])),
-            lengths=torch.from_numpy(np.concatenate([ones, ones, lengths, lengths])),
+                [t.item[samples], t.cate[samples], t.seq_item[flat], t.seq_cate[flat]])),
+            lengths=torch.from_numpy(np.concatenate([counts, counts, lengths, lengths])),
         )
         pooled: Optional[KeyedJaggedTensor] = None
         if self.pooled_features:
@@ -71,7 +100,7 @@ class DINDataset(Dataset):
             sequence_features=seq,
             pooled_features=pooled,
             dense_features=torch.zeros(b, 0),
-            labels=torch.from_numpy(t.label[rows].astype(np.float32)),
+            labels=torch.from_numpy(t.label[samples].astype(np.float32)),
         )
 
 

@@ -286,6 +286,8 @@ class DINTrain(nn.Module):
 
     Args:
         model (DINModel): DIN or BaseModel.
+        grouped (bool): batches carry K_b candidates per history
+            (:meth:`DINModel.forward_grouped`); labels are then [K].
 
     Call args:
         batch: anything with ``sequence_features``, ``pooled_features``,
@@ -300,15 +302,20 @@ class DINTrain(nn.Module):
         loss, (_, logits, labels) = train_model(batch)
     """
 
-    def __init__(self, model: DINModel) -> None:
+    def __init__(self, model: DINModel, grouped: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.grouped = grouped
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def forward(self, batch: DINBatch) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]:
-        logits = self.model(
-            batch.sequence_features, batch.pooled_features, batch.dense_features
-        )
+        if self.grouped:
+            logits = self.model.forward_grouped(
+                batch.sequence_features, batch.pooled_features, batch.dense_features)
+        else:
+            logits = self.model(
+                batch.sequence_features, batch.pooled_features, batch.dense_features
+            )
         if self.model.validate_inputs:
             check_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)

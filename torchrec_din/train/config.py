@@ -29,6 +29,10 @@ DEFAULTS: Dict[str, Any] = {
         "cache_dir": ".cache/torchrec_din",
         "pooled_features": ["user", "age", "gender", "occupation"],
         "num_workers": 0,
+        # Train on shared histories: samples with the same user and history (next_item: a
+        # positive and its negative) become one history with K candidates, looked up once.
+        # batch_size then counts histories. Single-process training only, for now.
+        "group_histories": False,
         "synthetic": {
             "num_users": 2000,
             "num_items": 5000,

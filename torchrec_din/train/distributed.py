@@ -113,6 +113,9 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
         else torch.device("cpu")
     data_cfg, train_cfg = config["data"], config["train"]
+    if data_cfg["group_histories"]:
+        raise ValueError("data.group_histories is not supported under torchrun yet; set it to "
+                         "false for sharded training")
     if train_cfg["regularization"] == "mba":
         raise ValueError("train.regularization=mba is not supported with sharded tables yet; "
                          "use l2 or none")

@@ -226,7 +226,10 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
 
     table = build_table(data_cfg, seed)
     pooled = list(data_cfg["pooled_features"])
-    datasets = {s: DINDataset(table, s, pooled) for s in ("train", "valid", "test")}
+    grouped = bool(data_cfg["group_histories"])
+    # Training may group samples that share a history; evaluation scores one row per sample.
+    datasets = {s: DINDataset(table, s, pooled, grouped and s == "train")
+                for s in ("train", "valid", "test")}
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
@@ -237,7 +240,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
                     for s in ("valid", "test")}
 
     model = build_model(table.vocab, config)
-    train_model = DINTrain(model)
+    train_model = DINTrain(model, grouped)
     optimizer = make_optimizer(model.parameters(), train_cfg)
     regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
     # Config and data are checked: only now may the run folder change.
