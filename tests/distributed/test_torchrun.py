@@ -77,3 +77,12 @@ def test_sharded_resume_matches_uninterrupted_and_reshards(tmp_path) -> None:
     bad = _run(part, 1, ["train.epochs=4", "model.embedding_dim=8"], cache, resume=True)
     assert bad.returncode != 0
     assert "--resume needs the same 'model' config" in bad.stderr
+
+
+def test_two_rank_training_on_shared_histories(tmp_path) -> None:
+    # The grouped form under the planner, DMP and TrainPipelineSparseDist.
+    out = tmp_path / "grouped"
+    proc = _run(out, 2, ["train.epochs=1", "data.group_histories=true"], tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["samples"] > 0 and 0.5 < metrics["test"]["auc"] <= 1.0

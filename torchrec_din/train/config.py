@@ -31,7 +31,7 @@ DEFAULTS: Dict[str, Any] = {
         "num_workers": 0,
         # Train on shared histories: samples with the same user and history (next_item: a
         # positive and its negative) become one history with K candidates, looked up once.
-        # batch_size then counts histories. Single-process training only, for now.
+        # batch_size then counts histories.
         "group_histories": False,
         "synthetic": {
             "num_users": 2000,

@@ -113,9 +113,6 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
         else torch.device("cpu")
     data_cfg, train_cfg = config["data"], config["train"]
-    if data_cfg["group_histories"]:
-        raise ValueError("data.group_histories is not supported under torchrun yet; set it to "
-                         "false for sharded training")
     if train_cfg["regularization"] == "mba":
         raise ValueError("train.regularization=mba is not supported with sharded tables yet; "
                          "use l2 or none")
@@ -142,11 +139,13 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     if rank != 0:
         table = build_table(data_cfg, seed)
     pooled = list(data_cfg["pooled_features"])
-    datasets = {s: DINDataset(table, s, pooled) for s in ("train", "valid", "test")}
+    grouped = bool(data_cfg["group_histories"])
+    datasets = {s: DINDataset(table, s, pooled, grouped and s == "train")
+                for s in ("train", "valid", "test")}
     loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
                          int(data_cfg["num_workers"]), rank, world)
 
-    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")))
+    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")), grouped)
     emb_opt, emb_lr, note = embedding_optimizer(train_cfg, device.type)
     if note and rank == 0:
         print(f"[sharding] {note}")
