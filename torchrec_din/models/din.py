@@ -174,12 +174,10 @@ class DINModel(nn.Module):
                 parts.append(pooled[key] if rows is None else pooled[key].index_select(0, rows))
         if self.dense_in_features > 0:
             dense = _required(dense_features, "dense_features")
-            samples = candidates.size(0) if rows is None else rows.size(0)
-            if rows is not None:
-                check_dense(dense, dense.size(0), self.dense_in_features, self.validate_inputs)
-                dense = dense.index_select(0, rows)
+            # Grouped form: one dense row per history, checked before it is spread.
+            samples = candidates.size(0) if rows is None else dense.size(0)
             check_dense(dense, samples, self.dense_in_features, self.validate_inputs)
-            parts.append(dense)
+            parts.append(dense if rows is None else dense.index_select(0, rows))
         return self.final(self.over_arch(torch.cat(parts, dim=1))).squeeze(1)
 
 
