@@ -32,6 +32,9 @@ else
     # stand-in of that name depends only on fbgemm-gpu-cpu==1.8.0, so nothing pulls CUDA.
     $PIP install -q ./tools/fbgemm-gpu-cpu-shim
 fi
+# The package itself pins no release line (it installs into existing TorchRec environments);
+# this environment keeps torch, FBGEMM and torchrec on one line: 2.13 / 1.8 / 1.8.
+$PIP install -q "torchrec>=1.8,<1.9"
 $PIP install -q -e ".[train,test]"
 $PIP check
 
