@@ -2,6 +2,7 @@
 
 from torchrec_din.distributed.planning import planner_constraints  # noqa: F401
 from torchrec_din.distributed.sharding import (  # noqa: F401
+    collection_configs,
     collection_tables,
     CPU_FUSED_OPTIMIZERS,
     dense_parameters,

@@ -7,13 +7,13 @@ whole history, so its cost would be under-counted by the mean history length.
 :func:`planner_constraints` carries each feature's mean length into the constraints.
 """
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Set
 
 from torch import nn
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.modules.embedding_modules import EmbeddingCollection
 
-from torchrec_din.distributed.sharding import find_collections
+from torchrec_din.distributed.sharding import collection_configs, find_collections
 
 # What works on CPU (gloo): sequence tables need the fused kernel and no data_parallel; the
 # planner refuses row_wise for pooled tables on CPU.
@@ -50,11 +50,11 @@ def planner_constraints(
     overrides = dict(overrides or {})
     out: Dict[str, ParameterConstraints] = {}
     seen: List[str] = []
+    known_features: Set[str] = set()
     for collection in find_collections(module).values():
         sequence = isinstance(collection, EmbeddingCollection)
-        configs = (collection.embedding_configs() if sequence
-                   else collection.embedding_bag_configs())
-        for config in configs:
+        for config in collection_configs(collection):
+            known_features.update(config.feature_names)
             factors = []
             for feature in config.feature_names:
                 factor = float(mean_lengths.get(feature, 1.0))
@@ -77,9 +77,6 @@ def planner_constraints(
     unknown = sorted(set(overrides) - set(seen))
     if unknown:
         raise ValueError(f"tables {unknown} are not in the model; it has {seen}")
-    known_features = {f for c in find_collections(module).values()
-                      for f in (c.embedding_configs() if isinstance(c, EmbeddingCollection)
-                                else c.embedding_bag_configs()) for f in f.feature_names}
     stray = sorted(set(mean_lengths) - known_features)
     if stray:
         raise ValueError(f"mean_lengths names features {stray} that no table of the model "

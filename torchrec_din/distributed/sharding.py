@@ -27,6 +27,7 @@ from torchrec.distributed.sharding_plan import (
     table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -70,11 +71,16 @@ def find_collections(module: nn.Module) -> Dict[str, nn.Module]:
             if isinstance(m, (EmbeddingCollection, EmbeddingBagCollection))}
 
 
+def collection_configs(collection: nn.Module) -> List[BaseEmbeddingConfig]:
+    """Table configs of an (unsharded) EmbeddingCollection or EmbeddingBagCollection."""
+    if isinstance(collection, EmbeddingCollection):
+        return list(collection.embedding_configs())
+    return list(collection.embedding_bag_configs())
+
+
 def collection_tables(collection: nn.Module) -> List[str]:
     """Table names of an (unsharded) EmbeddingCollection or EmbeddingBagCollection."""
-    if isinstance(collection, EmbeddingCollection):
-        return [c.name for c in collection.embedding_configs()]
-    return [c.name for c in collection.embedding_bag_configs()]
+    return [c.name for c in collection_configs(collection)]
 
 
 def _generator(sharding_type: str, world_size: int, sequence: bool, device_type: str):  # noqa: ANN202

@@ -12,6 +12,7 @@ from torchrec.distributed.types import ShardingPlan
 
 from torchrec_din.data.loader import HISTORY_FEATURES
 from torchrec_din.distributed import (
+    collection_configs,
     find_collections,
     fused_optimizers,
     make_sharders,
@@ -53,9 +54,7 @@ def constraints_for(config: Dict[str, Any], model: nn.Module, mean_history: floa
     tables = table_overrides(config)
     mean_lengths: Dict[str, float] = {}
     for collection in find_collections(model).values():
-        configs = (collection.embedding_configs() if hasattr(collection, "embedding_configs")
-                   else collection.embedding_bag_configs())
-        for table in configs:
+        for table in collection_configs(collection):
             length = float(tables.get(table.name, {}).get("history_mean_length", mean_history))
             for feature in table.feature_names:
                 if feature in HISTORY_FEATURES:
