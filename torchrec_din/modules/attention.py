@@ -104,6 +104,7 @@ class LocalActivationUnit(nn.Module):
         segment_ids: Tensor,
         lengths: Tensor,
         behaviour_index: Optional[Tensor] = None,
+        pair_values: Optional[Tensor] = None,
     ) -> Tensor:
         """Pre-activation of the first layer on the (candidate, behaviour) pairs: [P, H1].
 
@@ -111,7 +112,9 @@ class LocalActivationUnit(nn.Module):
         paired with candidate ``segment_ids[j]`` (one candidate per history). With it, pair p
         is (candidate ``segment_ids[p]``, behaviour ``behaviour_index[p]``), pairs grouped by
         candidate with ``lengths`` per candidate: several candidates share one history, and
-        the candidate-independent part runs once per behaviour, not once per pair.
+        the candidate-independent part runs once per behaviour, not once per pair;
+        ``pair_values`` ([P, D] = ``values[behaviour_index]``) may be passed by a caller that
+        needs the gathered rows too, so they are gathered once.
         """
         w_e, w_v, w_d, w_p = self.input_layer.weight.split(self.embedding_dim, dim=1)
         # Candidate-only part on the candidate rows, then gathered to the pairs.
@@ -129,7 +132,8 @@ class LocalActivationUnit(nn.Module):
             # Shared histories: the behaviour part once per behaviour, gathered to the pairs.
             behaviour = torch.mm(values, (w_e + w_d).t()).index_select(0, behaviour_index)
             hidden = hidden + behaviour
-            pair_values = values.index_select(0, behaviour_index)
+            if pair_values is None:
+                pair_values = values.index_select(0, behaviour_index)
             parts = [pair_values * query_n]
             weights = [w_p]
         outer_weight = self.outer_weight
@@ -160,9 +164,10 @@ class LocalActivationUnit(nn.Module):
         segment_ids: Tensor,
         lengths: Tensor,
         behaviour_index: Optional[Tensor] = None,
+        pair_values: Optional[Tensor] = None,
     ) -> Tensor:
-        hidden = self.input_activation(
-            self.first_layer(query, values, segment_ids, lengths, behaviour_index))
+        hidden = self.input_activation(self.first_layer(
+            query, values, segment_ids, lengths, behaviour_index, pair_values))
         return self.output_layer(self.hidden(hidden)).squeeze(1)
 
 
@@ -260,13 +265,14 @@ class JaggedTargetAttention(nn.Module):
             check_lengths(query, num_candidates, "candidates")
         pair_lengths, pair_candidate, pair_behaviour = candidate_pairs(
             lengths, num_candidates, query.size(0), num_pairs)
-        scores = self.unit(query, values, pair_candidate, pair_lengths, pair_behaviour)
+        pair_values = values.index_select(0, pair_behaviour)  # [P, D], gathered once
+        scores = self.unit(query, values, pair_candidate, pair_lengths, pair_behaviour,
+                           pair_values)
         if self.normalization == "softmax":
             weights = segment_softmax(scores, pair_lengths, pair_candidate)
         else:
             weights = scores
-        pooled = segment_sum(values.index_select(0, pair_behaviour) * weights.unsqueeze(1),
-                             pair_lengths, pair_candidate)
+        pooled = segment_sum(pair_values * weights.unsqueeze(1), pair_lengths, pair_candidate)
         return pooled, weights
 
     def forward(self, query: Tensor, keys: JaggedTensor) -> Tensor:
