@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import statistics
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from torchrec_din.train import load_config, train
 
@@ -27,6 +27,27 @@ MODELS = {
     "DIN (paper's sigmoid unit)": ("configs/movielens_din_sigmoid.yaml", []),
     "DIN+Dice (default)": ("configs/movielens_din.yaml", []),
 }
+
+
+def train_or_reuse(config_path: str, overrides: List[str], out: str) -> Dict:
+    """metrics.json of a finished run in ``out`` (so a partly done table or sweep resumes),
+    else train one there (replacing an unfinished run)."""
+    metrics_path = os.path.join(out, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        if "test" in metrics:
+            return metrics
+    return train(load_config(config_path, overrides), out, overwrite=True)
+
+
+def emit_table(lines: List[str], output: Optional[str]) -> None:
+    """Print a Markdown table and write it to ``output`` if given."""
+    table = "\n".join(lines)
+    print(table)
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
 
 
 def rela_impr(auc: float, base: float) -> float:
@@ -54,15 +75,11 @@ def main() -> None:
     for seed in args.seeds:
         for name, (path, model_overrides) in MODELS.items():
             out = os.path.join(args.runs_dir, args.protocol, f"{name}-seed{seed}")
-            metrics_path = os.path.join(out, "metrics.json")
-            if os.path.exists(metrics_path) and "test" in json.load(open(metrics_path)):
-                metrics = json.load(open(metrics_path))  # resume a partly done table
-            else:
-                overrides = [f"seed={seed}", f"data.protocol={args.protocol}",
-                             "train.progress=false"] + model_overrides + args.set
-                if args.protocol == "next_item":  # each positive comes with a negative
-                    overrides += ["data.valid_per_user=5", "data.test_per_user=5"]
-                metrics = train(load_config(path, overrides), out, overwrite=True)
+            overrides = [f"seed={seed}", f"data.protocol={args.protocol}",
+                         "train.progress=false"] + model_overrides + args.set
+            if args.protocol == "next_item":  # each positive comes with a negative
+                overrides += ["data.valid_per_user=5", "data.test_per_user=5"]
+            metrics = train_or_reuse(path, overrides, out)
             results[name].append({**metrics["test"], "epochs_run": len(metrics["epochs"])})
             if name == "BaseModel":
                 popularity.append(metrics["baselines"]["popularity"])
@@ -92,11 +109,7 @@ def main() -> None:
     lines += ["", "Epochs trained (early stopping, patience and cap from the config): " + "; ".join(
         f"{name} {ep}" for name, ep in epochs.items())]
     lines += ["", f"GAUC bootstrap standard error of one test evaluation: {se:.4f}."]
-    table = "\n".join(lines)
-    print(table)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ Run:
 
 import argparse
 import itertools
-import json
 import os
 from typing import Any, Dict, List
 
-from torchrec_din.train import load_config, train
+from movielens_results import emit_table, train_or_reuse  # benchmarks/movielens_results.py
 
 UNITS = {
     "sigmoid (paper)": ["model.attention_activation=sigmoid", "model.over_arch_activation=prelu"],
@@ -39,17 +38,12 @@ def main() -> None:
     rows: List[Dict[str, Any]] = []
     for unit, lr, dim in itertools.product(UNITS, args.learning_rates, args.embedding_dims):
         name = f"{unit.split()[0]}-lr{lr:g}-d{dim}"
-        out = os.path.join(args.runs_dir, name)
-        metrics_path = os.path.join(out, "metrics.json")
-        if os.path.exists(metrics_path) and "test" in json.load(open(metrics_path)):
-            metrics = json.load(open(metrics_path))  # resume a partly done sweep
-        else:
-            overrides = UNITS[unit] + [
-                f"seed={args.seed}", f"train.learning_rate={lr}", f"model.embedding_dim={dim}",
-                f"train.epochs={args.epochs}", f"train.patience={args.patience}",
-                "train.progress=false"]
-            metrics = train(load_config("configs/movielens_din.yaml", overrides), out,
-                            overwrite=True)
+        overrides = UNITS[unit] + [
+            f"seed={args.seed}", f"train.learning_rate={lr}", f"model.embedding_dim={dim}",
+            f"train.epochs={args.epochs}", f"train.patience={args.patience}",
+            "train.progress=false"]
+        metrics = train_or_reuse("configs/movielens_din.yaml", overrides,
+                                 os.path.join(args.runs_dir, name))
         best = metrics["best_epoch"]
         valid = next(e["valid"] for e in metrics["epochs"] if e["epoch"] == best)
         rows.append({"unit": unit, "lr": lr, "dim": dim, "gauc": valid["gauc"],
@@ -66,11 +60,7 @@ def main() -> None:
         mark = " **(chosen)**" if r is winner else ""
         lines.append(f"| {r['unit']}{mark} | {r['lr']:g} | {r['dim']} | {r['gauc']:.4f} | "
                      f"{r['auc']:.4f} | {r['best_epoch']} | {r['epochs_run']} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
+    emit_table(lines, args.output)
 
 
 if __name__ == "__main__":
