@@ -232,9 +232,9 @@ def check_kjt(
     limits = torch.tensor([num_rows[k] for k in keys], dtype=values.dtype,
                           device=values.device)
     limit_per_value = torch.repeat_interleave(limits, per_key, output_size=total)
-    bad = (values < 0) | (values >= limit_per_value)
-    if bool(bad.any()):
-        pos = _first_true(bad)
+    pos = _first_bad_row((values < 0) | (values >= limit_per_value),
+                         "ids must be in [0, rows of their table)")
+    if pos >= 0:
         ends = torch.cumsum(per_key, 0)
         key_index = int((ends <= pos).sum().item())
         key = keys[key_index]
@@ -264,9 +264,9 @@ def check_dense(
         )
     if not validate_values:
         return
-    bad = ~torch.isfinite(dense)
-    if bool(bad.any()):
-        pos = _first_true(bad.reshape(-1))
+    pos = _first_bad_row(~torch.isfinite(dense).reshape(-1),
+                         "dense features must be finite")
+    if pos >= 0:
         row, col = pos // in_features, pos % in_features
         raise ValueError(
             f"dense_features has a non-finite value {dense[row, col].item()} at batch row "
