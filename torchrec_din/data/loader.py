@@ -80,7 +80,6 @@ class DINDataset(Dataset):
             samples, counts = rows, np.ones(rows.size, dtype=np.int64)
         b = rows.size
         flat, lengths = t.history_positions(rows)
-        ones = np.ones(b, dtype=np.int64)
         seq = KeyedJaggedTensor(
             keys=SEQUENCE_FEATURES,
             values=torch.from_numpy(np.concatenate(

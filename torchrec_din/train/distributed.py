@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import yaml
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
@@ -42,7 +41,6 @@ from torchrec_din.train.builder import build_model, build_table
 from torchrec_din.train.checkpoint import (
     atomic_save,
     atomic_write_json,
-    atomic_write_text,
     check_resumable,
     load_checkpoint,
 )
@@ -50,10 +48,11 @@ from torchrec_din.train.loop import (
     apply_train_config,
     early_stop,
     finish_results,
+    make_datasets,
     make_optimizer,
     plot_curves,
+    start_run_record,
 )
-from torchrec_din.train.rundir import clear_run_files
 
 
 def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
@@ -138,14 +137,12 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     dist.barrier()
     if rank != 0:
         table = build_table(data_cfg, seed)
-    pooled = list(data_cfg["pooled_features"])
-    grouped = bool(data_cfg["group_histories"])
-    datasets = {s: DINDataset(table, s, pooled, grouped and s == "train")
-                for s in ("train", "valid", "test")}
+    datasets = make_datasets(table, data_cfg)
     loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
                          int(data_cfg["num_workers"]), rank, world)
 
-    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")), grouped)
+    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
+                     bool(data_cfg["group_histories"]))
     emb_opt, emb_lr, note = embedding_optimizer(train_cfg, device.type)
     if note and rank == 0:
         print(f"[sharding] {note}")
@@ -170,11 +167,8 @@ def _train(config: Dict[str, Any], output_dir: str, backend: str,
     best_dcp = os.path.join(output_dir, "best_dcp")
     speeds: List[float] = []
     start_epoch = 0
-    if rank == 0:  # config and data are checked: only now may the run folder change
-        if overwrite:
-            clear_run_files(output_dir)
-        atomic_write_text(yaml.safe_dump(config, sort_keys=False),
-                          os.path.join(output_dir, "config.yaml"))
+    if rank == 0:
+        start_run_record(output_dir, config, overwrite)
     if resume:
         state = {"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()}
         dcp.load(state, checkpoint_id=last_dcp)

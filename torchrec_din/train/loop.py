@@ -35,17 +35,38 @@ def make_optimizer(params: Iterable[torch.nn.Parameter],
     name = train_cfg["optimizer"]
     if name not in optimizers:
         raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
-    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
-    return optimizers[name](params, lr=train_cfg["learning_rate"], weight_decay=decay)
+    return optimizers[name](params, lr=train_cfg["learning_rate"],
+                            weight_decay=_weight_decay(train_cfg))
 
 
 def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any]) -> None:
     """Set learning rate and weight decay from ``train_cfg`` on a (restored) optimizer."""
-    decay = train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
     for group in optimizer.param_groups:
         group["lr"] = train_cfg["learning_rate"]
         if "weight_decay" in group:
-            group["weight_decay"] = decay
+            group["weight_decay"] = _weight_decay(train_cfg)
+
+
+def _weight_decay(train_cfg: Dict[str, Any]) -> float:
+    # Plain L2 is weight decay; "mba" regularises embeddings in the loss instead.
+    return train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
+
+
+def make_datasets(table: SampleTable, data_cfg: Dict[str, Any]) -> Dict[str, DINDataset]:
+    """train / valid / test datasets; training may group samples that share a history
+    (``data.group_histories``), evaluation scores one row per sample."""
+    grouped = bool(data_cfg["group_histories"])
+    return {s: DINDataset(table, s, list(data_cfg["pooled_features"]), grouped and s == "train")
+            for s in ("train", "valid", "test")}
+
+
+def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -> None:
+    """Once config and data are checked: clear a replaced run (``--overwrite``) and write the
+    resolved config.yaml. Nothing in the run folder changes before this."""
+    if overwrite:
+        clear_run_files(output_dir)
+    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                      os.path.join(output_dir, "config.yaml"))
 
 
 def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
@@ -225,11 +246,7 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
     np.random.seed(seed)
 
     table = build_table(data_cfg, seed)
-    pooled = list(data_cfg["pooled_features"])
-    grouped = bool(data_cfg["group_histories"])
-    # Training may group samples that share a history; evaluation scores one row per sample.
-    datasets = {s: DINDataset(table, s, pooled, grouped and s == "train")
-                for s in ("train", "valid", "test")}
+    datasets = make_datasets(table, data_cfg)
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
@@ -240,14 +257,10 @@ def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
                     for s in ("valid", "test")}
 
     model = build_model(table.vocab, config)
-    train_model = DINTrain(model, grouped)
+    train_model = DINTrain(model, bool(data_cfg["group_histories"]))
     optimizer = make_optimizer(model.parameters(), train_cfg)
     regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
-    # Config and data are checked: only now may the run folder change.
-    if overwrite:
-        clear_run_files(output_dir)
-    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
-                      os.path.join(output_dir, "config.yaml"))
+    start_run_record(output_dir, config, overwrite)
 
     summary = table.summary()
     results: Dict[str, Any] = {"data": {"summary": summary, "meta": table.meta},
