@@ -4,15 +4,11 @@ A kill at any moment leaves either the previous file or the new one, never half 
 """
 
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Callable, IO
 
 TEMP_PREFIX = ".tmp-"
-# Written files get the permissions of a normal file (0666 less the umask), not mkstemp's 0600,
-# so that e.g. a serving account can read a checkpoint.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -57,9 +53,12 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) ->
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix)
+    # Created with mode 0666 so the kernel applies the umask, as for any normal file
+    # (mkstemp would make it 0600 and, e.g., a serving account could not read a checkpoint).
+    # The writer's pid in the name lets remove_stale_temp_files tell dead writers' files.
+    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
