@@ -2,14 +2,18 @@
 gathered best.pt is the model that the sharded test evaluation scored."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
+from torchrec_din.train.checkpoint import load_checkpoint
 from torchrec_din.train.builder import build_table
 from torchrec_din.train.loop import predict
 
@@ -28,10 +32,15 @@ def _run(out, nproc, extra, cache, resume=False):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+def _ok(proc) -> None:
+    """The run succeeded; otherwise show what it printed."""
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
 def test_two_rank_training(tmp_path) -> None:
     out = tmp_path / "run"
     proc = _run(out, 2, [], tmp_path / "cache")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _ok(proc)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and len(metrics["epochs"]) == 2
     test = metrics["test"]
@@ -52,13 +61,13 @@ def test_two_rank_training(tmp_path) -> None:
 
 def test_sharded_resume_matches_uninterrupted_and_reshards(tmp_path) -> None:
     cache = tmp_path / "cache"
-    assert _run(tmp_path / "full", 2, ["train.epochs=2"], cache).returncode == 0
+    _ok(_run(tmp_path / "full", 2, ["train.epochs=2"], cache))
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
 
     part = tmp_path / "part"
-    assert _run(part, 2, ["train.epochs=1"], cache).returncode == 0
+    _ok(_run(part, 2, ["train.epochs=1"], cache))
     cmd_out = _run(part, 2, ["train.epochs=2"], cache, resume=True)
-    assert cmd_out.returncode == 0, cmd_out.stderr[-3000:]
+    _ok(cmd_out)
     assert "continuing at epoch 1" in cmd_out.stdout
     resumed = json.loads((part / "metrics.json").read_text())
     for key in ("auc", "gauc", "logloss"):
@@ -68,8 +77,8 @@ def test_sharded_resume_matches_uninterrupted_and_reshards(tmp_path) -> None:
 
     # The 2-rank checkpoint continues on 1 rank (torch.distributed.checkpoint reshards).
     one = _run(part, 1, ["train.epochs=3"], cache, resume=True)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert "2 ranks -> 1, continuing at epoch 2" in one.stdout
+    _ok(one)
+    assert "2 rank(s) -> 1, continuing at epoch 2" in one.stdout
     metrics = json.loads((part / "metrics.json").read_text())
     assert metrics["world_size"] == 1 and len(metrics["epochs"]) == 3
 
@@ -88,3 +97,57 @@ def test_two_rank_training_on_shared_histories(tmp_path) -> None:
     assert metrics["world_size"] == 2 and len(metrics["epochs"]) == 1
     assert metrics["test"]["samples"] > 0 and 0.0 <= metrics["test"]["auc"] <= 1.0
     assert metrics["data"]["summary"]["train"]["samples"] > 0
+
+
+KILL = ["data.synthetic.num_users=1500", "data.synthetic.samples_per_user=20",
+        "train.checkpoint_every=5", "model.dropout=0.2"]
+
+
+def test_sharded_sigterm_mid_epoch_resumes_exactly(tmp_path) -> None:
+    """The shared engine gives torchrun runs the single-process crash story: SIGTERM (sent
+    to torchrun, which forwards it) makes every rank agree to stop at the same step, write
+    a mid-epoch DCP checkpoint and exit; --resume then matches an uninterrupted run."""
+    cache = tmp_path / "cache"
+    _ok(_run(tmp_path / "full", 2, KILL, cache))
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "-m", "torchrec_din", "train", "--config", "configs/synthetic_din.yaml",
+            "--output-dir", str(out)]
+    for s in SETS + [f"data.cache_dir={cache}"] + KILL:
+        args += ["--set", s]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    meta = out / "last_dcp" / "meta.pt"
+    deadline = time.time() + 300
+    while not meta.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode != 0, output
+    assert "progress saved to" in output and "--resume" in output, output[-4000:]
+    saved = load_checkpoint(str(meta))
+    # Stopped mid-epoch (94 steps an epoch; the signal comes right after step 5's save).
+    assert saved["epoch"] < 2 and saved["batch"] > 0 and saved["world_size"] == 2
+
+    # A mid-epoch checkpoint counts 2-rank batches: one rank is refused, clearly.
+    one = _run(out, 1, KILL, cache, resume=True)
+    assert one.returncode != 0 and "continues on 2 ranks only" in one.stderr
+    resumed_run = _run(out, 2, KILL, cache, resume=True)
+    _ok(resumed_run)
+    assert f"continuing at epoch {saved['epoch']}, batch {saved['batch']}" in resumed_run.stdout
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert [e["train_loss"] for e in resumed["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in full["epochs"]], abs=1e-6)
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == pytest.approx(full["test"][key], abs=1e-6), key
+
+
+def test_sharded_mba_is_refused_with_the_reason(tmp_path) -> None:
+    proc = _run(tmp_path / "mba", 2, ["train.regularization=mba", "train.epochs=1"],
+                tmp_path / "cache")
+    assert proc.returncode != 0
+    assert "train.regularization=mba is not available with sharded tables" in proc.stderr
+    assert "fused optimizer" in proc.stderr
+    assert not (tmp_path / "mba" / "config.yaml").exists()  # refused before writing anything

@@ -3,6 +3,7 @@ epoch's model, and never looks at test data to decide."""
 
 import pytest
 
+import torchrec_din.train.engine as engine
 import torchrec_din.train.loop as loop
 from torchrec_din.train.checkpoint import load_checkpoint
 from torchrec_din.train.config import load_config
@@ -30,16 +31,16 @@ def test_rule() -> None:
 def test_training_stops_on_validation_and_evaluates_test_once(tmp_path, monkeypatch) -> None:
     scripted = iter([0.60, 0.70, 0.65, 0.66, 0.95, 0.96])  # would improve again at epoch 4
     calls = []
-    real = loop._evaluate
+    real = engine.evaluate_split
 
-    def fake_evaluate(model, dataset, loader, progress, desc):
+    def fake_evaluate(backend, dataset, batch_size, progress, desc):
         calls.append(desc)
-        out = real(model, dataset, loader, progress, desc)
+        out = real(backend, dataset, batch_size, progress, desc)
         if desc == "valid":
             out["gauc"] = next(scripted)
         return out
 
-    monkeypatch.setattr(loop, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(engine, "evaluate_split", fake_evaluate)
     config = load_config("configs/synthetic_din.yaml", SMALL + [
         f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=10", "train.patience=2"])
     results = loop.train(config, str(tmp_path / "run"))

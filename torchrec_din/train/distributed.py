@@ -9,15 +9,17 @@ so rank 0 computes AUC / GAUC over the whole split exactly as one process would.
 metrics.json, curves.png and an unsharded ``best.pt`` (gathered, the same format as
 single-process training, so ``export`` / ``score`` work on it); ``best_dcp/`` holds the
 sharded best state (torch.distributed.checkpoint), used for the final test evaluation;
-``last_dcp/`` the state at the last epoch end (model, fused and dense optimizer states, RNG,
-progress) for ``--resume`` with any number of ranks.
+``last_dcp/`` the progress (model, fused and dense optimizer states, per-rank RNG, position),
+written at every epoch end, every ``train.checkpoint_every`` batches and on SIGTERM, for
+``--resume``. The epoch loop itself is the shared engine (``train.engine``); this module is
+its sharded backend.
 """
 
 import datetime
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -25,247 +27,224 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from tqdm import tqdm
 
-from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.data.loader import DINDataset
+from torchrec_din.data.samples import SampleTable
 from torchrec_din.distributed import (
     dense_parameters,
     gather_state_dict,
     make_sharders,
     shard,
 )
-from torchrec_din.train.planning import constraints_for, embedding_optimizer
-from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.models import DINTrain
-from torchrec_din.train.builder import build_model, build_table
-from torchrec_din.train.checkpoint import (
-    atomic_save,
-    atomic_write_json,
-    check_resumable,
-    load_checkpoint,
-)
-from torchrec_din.train.loop import (
-    apply_train_config,
-    early_stop,
-    finish_results,
-    make_datasets,
-    make_optimizer,
-    plot_curves,
-    start_run_record,
-)
+from torchrec_din.train.builder import build_model
+from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
+from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.loop import apply_train_config, make_optimizer
+from torchrec_din.train.planning import constraints_for, embedding_optimizer
+
+T = TypeVar("T")
+
+# Why the MBA regulariser is refused here (rather than silently skipped).
+MBA_SHARDED = (
+    "train.regularization=mba is not available with sharded tables: the MBA penalty is a "
+    "loss term on the embedding rows of the batch, but sharded tables are updated by "
+    "FBGEMM's fused optimizer inside the backward pass from the lookup's output gradient "
+    "alone, so a loss on the table weights cannot reach them (and the weights are not "
+    "autograd leaves on any rank). Use train.regularization=l2 (weight decay, applied to the "
+    "dense part) or none, or train with one process")
 
 
-def _evaluate(dmp: torch.nn.Module, dataset: DINDataset, batch_size: int, rank: int,
-              world: int, device: torch.device) -> Optional[Dict[str, Any]]:
-    """Every rank scores a contiguous part; rank 0 gets all predictions and the metrics."""
-    parts = np.array_split(np.arange(len(dataset)), world)
-    num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
-    mine = parts[rank]
-    logits: List[np.ndarray] = []
-    start = time.perf_counter()
-    dmp.eval()
-    with torch.no_grad():
-        for i in range(num_batches):
-            chunk = mine[i * batch_size:(i + 1) * batch_size]
-            # The sharded forward is collective: a rank out of samples runs a dummy batch.
-            batch = dataset[chunk if chunk.size else parts[0][:1]]
-            _, (_, out, _) = dmp(batch.to(device))
-            if chunk.size:
-                logits.append(out.cpu().numpy())
-    elapsed = time.perf_counter() - start
-    local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
-    gathered: List[Any] = [None] * world
-    dist.all_gather_object(gathered, local)
-    dmp.train()
-    if rank != 0:
-        return None
-    all_logits = np.concatenate(gathered)
-    table = dataset.table
-    labels = table.label[dataset.rows]
-    out = evaluate_predictions(torch.as_tensor(all_logits), labels, dataset.user_ids())
-    out["samples_per_sec"] = len(dataset) / max(elapsed, 1e-9)
-    return out
+class ShardedBackend(Backend):
+    """torchrun: planner + DistributedModelParallel + TrainPipelineSparseDist.
+
+    Tables are sharded by TorchRec's planner (CPU constraints by default, per-table choices
+    from ``tables.<name>``) and updated by a fused optimizer of the same kind and learning
+    rate as ``train.optimizer``; the dense part is data parallel. Checkpoints:
+    ``last_dcp/`` (progress) and ``best_dcp/`` (best epoch) through
+    torch.distributed.checkpoint, so a run continues on any number of ranks from an epoch
+    boundary; ``best.pt`` is the gathered, unsharded best model (the single-process format,
+    for ``export`` / ``score``).
+    """
+
+    def __init__(self, config: Dict[str, Any]) -> None:
+        self.backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.timeout = datetime.timedelta(seconds=float(config["train"]["dist_timeout_s"]))
+
+    def __enter__(self) -> "ShardedBackend":
+        # A frozen or dead rank ends the job after dist_timeout_s instead of gloo's 30 minutes.
+        dist.init_process_group(self.backend, timeout=self.timeout)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = (torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+                       if self.backend == "nccl" else torch.device("cpu"))
+        # Control messages (stop flags, totals) on CPU: one small gloo collective per step.
+        self.control = dist.new_group(backend="gloo") if self.backend == "nccl" else None
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is None:
+                dist.barrier()  # nobody tears down the group while a peer still talks
+        finally:
+            dist.destroy_process_group()
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        if self.main:
+            out = fn()
+        dist.barrier()
+        if not self.main:
+            out = fn()
+        return out
+
+    def read_progress(self, output_dir: str) -> Dict[str, Any]:
+        self.progress_path = os.path.join(output_dir, "last_dcp")
+        return load_checkpoint(os.path.join(self.progress_path, "meta.pt"))
+
+    def check_resume(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        old_emb = embedding_optimizer(saved["config"]["train"], self.device.type)[:2]
+        new_emb = embedding_optimizer(config["train"], self.device.type)[:2]
+        if old_emb != new_emb:
+            raise ValueError(f"--resume cannot change the sharded tables' fused optimizer or "
+                             f"its learning rate ({old_emb} -> {new_emb}); start a new run")
+        if saved["batch"] and saved["world_size"] != self.world:
+            raise ValueError(
+                f"{self.progress_path} was written mid-epoch by {saved['world_size']} ranks; "
+                f"its position counts their batches, so it continues on "
+                f"{saved['world_size']} ranks only. Resume with --nproc_per_node "
+                f"{saved['world_size']}; the checkpoint written at the epoch end continues on "
+                "any number of ranks")
+
+    def setup(self, config: Dict[str, Any], table: SampleTable,
+              datasets: Dict[str, DINDataset], output_dir: str) -> None:
+        train_cfg, data_cfg = config["train"], config["data"]
+        if train_cfg["regularization"] == "mba":
+            raise ValueError(MBA_SHARDED)
+        self.output_dir = output_dir
+        self.progress_path = os.path.join(output_dir, "last_dcp")
+        model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
+                         bool(data_cfg["group_histories"]))
+        emb_opt, emb_lr, note = embedding_optimizer(train_cfg, self.device.type)
+        if note and self.main:
+            print(f"[sharding] {note}")
+        sharders = make_sharders(emb_opt, emb_lr, self.device.type)
+        mean_history = table.summary()["train"]["mean_history"]
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=self.world, compute_device=self.device.type,
+                              local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                  self.world))),
+            batch_size=train_cfg["batch_size"],
+            constraints=constraints_for(config, model, mean_history, self.device.type))
+        plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+        if self.main:
+            print(f"[plan]\n{plan}")
+        self.dmp = shard(model, plan, sharders, device=self.device)
+        # The tables update in the backward pass (fused); this optimizer owns the rest.
+        self.dense_opt = make_optimizer([p for _, p in dense_parameters(self.dmp)], train_cfg)
+        self.pipeline = TrainPipelineSparseDist(self.dmp, self.dense_opt, self.device)
+        self.attached = True
+
+    def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        state = {"model": self.dmp.state_dict(), "optim": self.dmp.fused_optimizer.state_dict()}
+        dcp.load(state, checkpoint_id=self.progress_path)
+        self.dmp.load_state_dict(state["model"])
+        self.dmp.fused_optimizer.load_state_dict(state["optim"])
+        self.dense_opt.load_state_dict(saved["dense_optim"])
+        apply_train_config(self.dense_opt, config["train"])  # a changed learning rate applies
+        if saved["world_size"] == self.world:
+            torch.set_rng_state(saved["rng"][self.rank])
+
+    def train_batches(self, loader: Any) -> Iterator[Tuple[torch.Tensor, int]]:
+        if not self.attached:
+            self.pipeline.attach(self.dmp)
+            self.attached = True
+        self.dmp.train()
+        it = iter(loader)
+        while True:
+            try:
+                loss, _, labels = self.pipeline.progress(it)
+            except StopIteration:
+                break
+            yield loss, int(labels.numel())
+        # The pipeline keeps no batch in flight past the end; evaluation runs the plain DMP.
+        self.pipeline.detach()
+        self.attached = False
+
+    def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
+                desc: str) -> Tuple[Optional[np.ndarray], float]:
+        """Every rank scores a contiguous part; rank 0 gets all logits."""
+        parts = np.array_split(np.arange(len(dataset)), self.world)
+        num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
+        mine = parts[self.rank]
+        logits: List[np.ndarray] = []
+        start = time.perf_counter()
+        self.dmp.eval()
+        with torch.no_grad():
+            for i in range(num_batches):
+                chunk = mine[i * batch_size:(i + 1) * batch_size]
+                # The sharded forward is collective: a rank out of samples runs a dummy batch.
+                batch = dataset[chunk if chunk.size else parts[0][:1]]
+                _, (_, out, _) = self.dmp(batch.to(self.device))
+                if chunk.size:
+                    logits.append(out.cpu().numpy())
+        elapsed = time.perf_counter() - start
+        local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
+        gathered = self.gather(local)
+        self.dmp.train()
+        return (np.concatenate(gathered) if self.main else None), elapsed
+
+    def save_progress(self, record: Dict[str, Any]) -> None:
+        # Model + fused optimizer state sharded, and (rank 0) the rest in the same folder,
+        # swapped in together.
+        rngs = self.gather(torch.get_rng_state())
+        _save_sharded({"model": self.dmp.state_dict(),
+                       "optim": self.dmp.fused_optimizer.state_dict()},
+                      self.progress_path, self.rank,
+                      meta={**record, "dense_optim": self.dense_opt.state_dict(), "rng": rngs})
+
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+        _save_sharded(self.dmp.state_dict(), os.path.join(self.output_dir, "best_dcp"),
+                      self.rank)
+        full = gather_state_dict(self.dmp)
+        if self.main:
+            atomic_save({"model": {k[len("model."):]: v for k, v in full.items()
+                                   if k.startswith("model.")},
+                         "epoch": epoch, "config": config, "vocab": vocab,
+                         "world_size": self.world}, os.path.join(self.output_dir, "best.pt"))
+
+    def load_best(self) -> None:
+        state = self.dmp.state_dict()
+        dcp.load(state, checkpoint_id=os.path.join(self.output_dir, "best_dcp"))
+        self.dmp.load_state_dict(state)
+
+    def any(self, flags: List[bool]) -> List[bool]:
+        t = torch.tensor([int(f) for f in flags])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        return [bool(v) for v in t.tolist()]
+
+    def sum(self, values: List[float]) -> List[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self.control)
+        return t.tolist()
+
+    def gather(self, obj: Any) -> List[Any]:
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def share(self, obj: T) -> T:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
 
 
 def train_distributed(config: Dict[str, Any], output_dir: str, resume: bool = False,
                       overwrite: bool = False) -> Optional[Dict[str, Any]]:
-    """Sharded training; returns metrics.json's content on rank 0 (None elsewhere).
-
-    ``resume=True`` continues from ``last_dcp/`` (model, optimizers and progress, written at
-    every epoch end), with any number of ranks: torch.distributed.checkpoint reshards on load.
-    """
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    # A frozen or dead rank ends the job after this long instead of gloo's 30 minutes.
-    timeout = datetime.timedelta(seconds=float(config["train"]["dist_timeout_s"]))
-    dist.init_process_group(backend, timeout=timeout)
-    try:
-        result = _train(config, output_dir, backend, resume, overwrite)
-        dist.barrier()  # nobody tears down gloo while a peer still talks
-        return result
-    finally:
-        dist.destroy_process_group()
-
-
-def _train(config: Dict[str, Any], output_dir: str, backend: str,
-           resume: bool, overwrite: bool) -> Optional[Dict[str, Any]]:
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if backend == "nccl" \
-        else torch.device("cpu")
-    data_cfg, train_cfg = config["data"], config["train"]
-    if train_cfg["regularization"] == "mba":
-        raise ValueError("train.regularization=mba is not supported with sharded tables yet; "
-                         "use l2 or none")
-    progress = bool(train_cfg["progress"]) and rank == 0
-    seed = int(config["seed"])
-    torch.manual_seed(seed)
-    last_dcp = os.path.join(output_dir, "last_dcp")
-    meta_path = os.path.join(last_dcp, "meta.pt")
-    meta: Dict[str, Any] = {}
-    if resume:
-        meta = load_checkpoint(meta_path)
-        changes = check_resumable(meta["config"], config)
-        old_emb = embedding_optimizer(meta["config"]["train"], device.type)[:2]
-        new_emb = embedding_optimizer(train_cfg, device.type)[:2]
-        if old_emb != new_emb:
-            raise ValueError(f"--resume cannot change the sharded tables' fused optimizer or "
-                             f"its learning rate ({old_emb} -> {new_emb}); start a new run")
-        if changes and rank == 0:
-            print(f"[resume] applying {', '.join(changes)}")
-    if rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        table = build_table(data_cfg, seed)  # rank 0 fills the cache first
-    dist.barrier()
-    if rank != 0:
-        table = build_table(data_cfg, seed)
-    datasets = make_datasets(table, data_cfg)
-    loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
-                         int(data_cfg["num_workers"]), rank, world)
-
-    model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
-                     bool(data_cfg["group_histories"]))
-    emb_opt, emb_lr, note = embedding_optimizer(train_cfg, device.type)
-    if note and rank == 0:
-        print(f"[sharding] {note}")
-    sharders = make_sharders(emb_opt, emb_lr, device.type)
-    mean_history = table.summary()["train"]["mean_history"]
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world, compute_device=device.type,
-                          local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world))),
-        batch_size=train_cfg["batch_size"],
-        constraints=constraints_for(config, model, mean_history, device.type))
-    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    if rank == 0:
-        print(f"[plan]\n{plan}")
-    dmp = shard(model, plan, sharders, device=device)
-    # The tables update in the backward pass (fused); this optimizer owns the rest.
-    dense_opt = make_optimizer([p for _, p in dense_parameters(dmp)], train_cfg)
-    pipeline = TrainPipelineSparseDist(dmp, dense_opt, device)
-
-    results: Dict[str, Any] = {"data": {"summary": table.summary(), "meta": table.meta},
-                               "epochs": [], "best_epoch": None, "world_size": world}
-    best_gauc = -float("inf")
-    best_dcp = os.path.join(output_dir, "best_dcp")
-    speeds: List[float] = []
-    start_epoch = 0
-    if rank == 0:
-        start_run_record(output_dir, config, overwrite)
-    if resume:
-        state = {"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()}
-        dcp.load(state, checkpoint_id=last_dcp)
-        dmp.load_state_dict(state["model"])
-        dmp.fused_optimizer.load_state_dict(state["optim"])
-        dense_opt.load_state_dict(meta["dense_optim"])
-        apply_train_config(dense_opt, train_cfg)  # a changed learning rate takes effect
-        if meta["world_size"] == world:
-            torch.set_rng_state(meta["rng"][rank])
-        results, best_gauc, speeds = meta["results"], meta["best_gauc"], meta["speeds"]
-        results["world_size"] = world
-        start_epoch = meta["epoch"]
-        if rank == 0:
-            print(f"[resume] {last_dcp}: {meta['world_size']} ranks -> {world}, continuing at "
-                  f"epoch {start_epoch}")
-    patience = int(train_cfg["patience"])
-    for epoch in range(start_epoch, int(train_cfg["epochs"])):
-        stop = torch.tensor([0])
-        if rank == 0:  # rank 0 holds the validation record; everybody follows its decision
-            reason = early_stop(results, patience)
-            if reason is not None:
-                print(f"[early stop] {reason}")
-                stop[0] = 1
-        dist.broadcast(stop, src=0)
-        if int(stop[0]):
-            break
-        loader.sampler.set_epoch(epoch)
-        if epoch > start_epoch:
-            pipeline.attach(dmp)
-        dmp.train()
-        it = iter(loader)
-        total_loss, seen = 0.0, 0
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress,
-                   mininterval=1.0, unit="batch")
-        start = time.perf_counter()
-        while True:
-            try:
-                loss, _, labels = pipeline.progress(it)
-            except StopIteration:
-                break
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch} on rank {rank}")
-            total_loss += loss.item() * labels.numel()
-            seen += labels.numel()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-        bar.close()
-        elapsed = time.perf_counter() - start
-        pipeline.detach()
-        stats = torch.tensor([total_loss, float(seen)])
-        dist.all_reduce(stats)
-        speed = float(stats[1]) / max(elapsed, 1e-9)
-        speeds.append(speed)
-        valid = _evaluate(dmp, datasets["valid"], train_cfg["eval_batch_size"], rank, world, device)
-        improved = torch.tensor([0])
-        if rank == 0:
-            record = {"epoch": epoch, "train_loss": float(stats[0] / stats[1]),
-                      "train_samples_per_sec": speed, "valid": valid}
-            results["epochs"].append(record)
-            print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
-                  f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s "
-                  f"({world} ranks)")
-            if valid["gauc"] > best_gauc:
-                best_gauc = valid["gauc"]
-                results["best_epoch"] = epoch
-                improved[0] = 1
-        dist.broadcast(improved, src=0)
-        if int(improved[0]):
-            _save_sharded(dmp.state_dict(), best_dcp, rank)
-            full = gather_state_dict(dmp)
-            if rank == 0:
-                atomic_save({"model": {k[len("model."):]: v for k, v in full.items()
-                                       if k.startswith("model.")},
-                             "epoch": epoch, "config": config, "vocab": table.vocab,
-                             "world_size": world}, os.path.join(output_dir, "best.pt"))
-        # Progress: sharded model + fused optimizer state, and (rank 0) the rest in the same
-        # folder, swapped in together.
-        rngs: List[Any] = [None] * world
-        dist.all_gather_object(rngs, torch.get_rng_state())
-        _save_sharded({"model": dmp.state_dict(), "optim": dmp.fused_optimizer.state_dict()},
-                      last_dcp, rank,
-                      meta={"epoch": epoch + 1, "results": results, "best_gauc": best_gauc,
-                            "speeds": speeds, "dense_optim": dense_opt.state_dict(),
-                            "rng": rngs, "world_size": world, "config": config})
-        if rank == 0:
-            atomic_write_json(results, os.path.join(output_dir, "metrics.json"))
-            plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
-
-    state = dmp.state_dict()
-    dcp.load(state, checkpoint_id=best_dcp)
-    dmp.load_state_dict(state)
-    test = _evaluate(dmp, datasets["test"], train_cfg["eval_batch_size"], rank, world, device)
-    if rank != 0:
-        return None
-    finish_results(results, test, table, datasets, speeds,
-                   os.path.join(output_dir, "metrics.json"), note=f", {world} ranks")
-    return results
+    """Sharded training under torchrun; returns metrics.json's content on rank 0 (None
+    elsewhere). ``resume=True`` continues from ``last_dcp/``: from an epoch-end checkpoint
+    with any number of ranks (torch.distributed.checkpoint reshards on load), from a
+    mid-epoch one (``train.checkpoint_every``, SIGTERM) with the same number."""
+    with ShardedBackend(config) as backend:
+        return run_training(backend, config, output_dir, resume, overwrite)
 
 
 def _save_sharded(state: Dict[str, Any], path: str, rank: int,

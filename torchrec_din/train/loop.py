@@ -1,29 +1,29 @@
-"""Single-process training and evaluation of DIN / BaseModel from a run configuration."""
+"""Single-process training: the engine's :class:`LocalBackend`, the optimizer and regulariser
+choices, and batch prediction."""
 
 import os
-import signal
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
-from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.models import DINModel, DINTrain
-from torchrec_din.train.builder import build_model, build_table
-from torchrec_din.train.checkpoint import (
-    atomic_save,
-    atomic_write_json,
-    atomic_write_text,
-    check_resumable,
-    load_checkpoint,
+from torchrec_din.train.builder import build_model
+from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
+from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers of train.loop)
+    Backend,
+    TrainingInterrupted,
+    early_stop,
+    make_datasets,
+    plot_curves,
+    run_training,
+    start_run_record,
 )
-from torchrec_din.train.rundir import clear_run_files
 from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
 
 
@@ -50,23 +50,6 @@ def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, An
 def _weight_decay(train_cfg: Dict[str, Any]) -> float:
     # Plain L2 is weight decay; "mba" regularises embeddings in the loss instead.
     return train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
-
-
-def make_datasets(table: SampleTable, data_cfg: Dict[str, Any]) -> Dict[str, DINDataset]:
-    """train / valid / test datasets; training may group samples that share a history
-    (``data.group_histories``), evaluation scores one row per sample."""
-    grouped = bool(data_cfg["group_histories"])
-    return {s: DINDataset(table, s, list(data_cfg["pooled_features"]), grouped and s == "train")
-            for s in ("train", "valid", "test")}
-
-
-def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -> None:
-    """Once config and data are checked: clear a replaced run (``--overwrite``) and write the
-    resolved config.yaml. Nothing in the run folder changes before this."""
-    if overwrite:
-        clear_run_files(output_dir)
-    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
-                      os.path.join(output_dir, "config.yaml"))
 
 
 def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
@@ -109,254 +92,89 @@ def predict(model: DINModel, loader: DataLoader, progress: bool = False,
     return out, lab, out.size / max(elapsed, 1e-9)
 
 
-def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Baseline: a candidate's score is how often it was a positive in training."""
-    positives = train_rows[table.label[train_rows] > 0]
-    counts = np.bincount(table.item[positives], minlength=table.vocab["item"]).astype(np.float64)
-    return counts[table.item[rows]]
 
-
-def plot_curves(history: List[Dict[str, Any]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.set_title("Training loss")
-    ax_auc.plot(epochs, [h["valid"]["auc"] for h in history], marker="o", label="AUC")
-    ax_auc.plot(epochs, [h["valid"]["gauc"] for h in history], marker="s", label="GAUC")
-    ax_auc.set_xlabel("epoch")
-    ax_auc.set_title("Validation")
-    ax_auc.legend()
-    for ax in (ax_loss, ax_auc):
-        ax.grid(alpha=0.3)
-        ax.set_xticks(epochs)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _evaluate(model: DINModel, dataset: DINDataset, loader: DataLoader,
-              progress: bool, desc: str) -> Dict[str, Any]:
-    logits, labels, speed = predict(model, loader, progress, desc)
-    out = evaluate_predictions(logits, labels, dataset.user_ids())
-    out["samples_per_sec"] = speed
-    return out
-
-
-def finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleTable,
-                   datasets: Dict[str, DINDataset], train_speeds: List[float],
-                   metrics_path: str, note: str = "") -> None:
-    """Add the test figures and the popularity baseline, write metrics.json, print a summary."""
-    test["train_samples_per_sec"] = float(np.median(train_speeds))
-    results["test"] = test
-    test_rows = datasets["test"].rows
-    pop = popularity_scores(table, datasets["train"].rows, test_rows)
-    results["baselines"] = {"popularity": evaluate_predictions(
-        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
-    atomic_write_json(results, metrics_path)
-    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
-          f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
-          f"on {test['samples']} samples{note}; popularity gauc "
-          f"{results['baselines']['popularity']['gauc']:.4f}")
-
-
-def early_stop(results: Dict[str, Any], patience: int) -> Optional[str]:
-    """Why training should stop now, or None: validation GAUC has not improved for
-    ``patience`` epochs (0 disables the rule; ``train.epochs`` is the cap either way).
-
-    It reads only the per-epoch validation record, so it never sees test data, and a resumed
-    run decides exactly as an uninterrupted one.
-    """
-    epochs, best = results["epochs"], results["best_epoch"]
-    if patience <= 0 or not epochs or best is None:
-        return None
-    since = epochs[-1]["epoch"] - best
-    if since < patience:
-        return None
-    return (f"validation GAUC has not improved for {since} epoch(s) (patience {patience}); "
-            f"best epoch {best}: {epochs[best - epochs[0]['epoch']]['valid']['gauc']:.4f}")
-
-
-class _StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks between batches."""
+class LocalBackend(Backend):
+    """One process: a plain optimizer over every parameter, ``torch.save`` checkpoints
+    (``last.pt``: model, optimizer, RNG and progress; ``best.pt``: the best epoch's model),
+    and the MBA regulariser when ``train.regularization=mba``."""
 
     def __init__(self) -> None:
-        self.signal: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
+        self.model: Optional[DINModel] = None
 
-    def __enter__(self) -> "_StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
+    def read_progress(self, output_dir: str) -> Dict[str, Any]:
+        self.progress_path = os.path.join(output_dir, "last.pt")
+        saved = load_checkpoint(self.progress_path)
+        saved.setdefault("world_size", 1)
+        if isinstance(saved.get("totals"), dict):  # written before the engine was shared
+            saved["totals"] = [saved["totals"]]
+        return saved
 
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        self.signal = signum
+    def check_resume(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        if saved["world_size"] != 1:
+            raise ValueError(f"{self.progress_path} is not a single-process checkpoint")
 
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def setup(self, config: Dict[str, Any], table: SampleTable,
+              datasets: Dict[str, DINDataset], output_dir: str) -> None:
+        train_cfg, data_cfg = config["train"], config["data"]
+        self.output_dir = output_dir
+        self.progress_path = os.path.join(output_dir, "last.pt")
+        self.model = build_model(table.vocab, config)
+        self.train_model = DINTrain(self.model, bool(data_cfg["group_histories"]))
+        self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
+        self.regularizer = make_regularizer(self.model, table, datasets["train"].rows, train_cfg)
+        self.eval_loaders = {
+            id(datasets[s]): make_loader(datasets[s], train_cfg["eval_batch_size"], False,
+                                         int(config["seed"]), int(data_cfg["num_workers"]))
+            for s in ("valid", "test")}
 
+    def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        apply_train_config(self.optimizer, config["train"])  # a changed learning rate applies
+        torch.set_rng_state(saved["rng"])
 
-class TrainingInterrupted(Exception):
-    """Raised after a signal once the progress checkpoint is safely written."""
+    def train_batches(self, loader: DataLoader) -> Iterator[Tuple[torch.Tensor, int]]:
+        self.model.train()
+        for batch in loader:
+            loss, _ = self.train_model(batch)
+            if self.regularizer is not None:
+                loss = loss + self.regularizer([batch.sequence_features, batch.pooled_features])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            yield loss.detach(), int(batch.labels.numel())
 
-    def __init__(self, signum: int, checkpoint: str) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; progress saved to "
-                         f"{checkpoint}; continue with --resume")
-        self.signum = signum
+    def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
+                desc: str) -> Tuple[Optional[np.ndarray], float]:
+        loader = self.eval_loaders.get(id(dataset)) or make_loader(dataset, batch_size, False)
+        start = time.perf_counter()
+        logits, _, _ = predict(self.model, loader, progress, desc)
+        return logits, time.perf_counter() - start
+
+    def save_progress(self, record: Dict[str, Any]) -> None:
+        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "rng": torch.get_rng_state(), **record}, self.progress_path)
+
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+        atomic_save({"model": self.model.state_dict(), "epoch": epoch, "config": config,
+                     "vocab": vocab}, os.path.join(self.output_dir, "best.pt"))
+
+    def load_best(self) -> None:
+        best = load_checkpoint(os.path.join(self.output_dir, "best.pt"))
+        self.model.load_state_dict(best["model"])
 
 
 def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
           overwrite: bool = False) -> Dict[str, Any]:
-    """Train, pick the best epoch on validation GAUC, evaluate it on test.
+    """Single-process training (see :func:`torchrec_din.train.engine.run_training`).
 
-    Writes to ``output_dir``: ``config.yaml`` (resolved), ``metrics.json`` (rewritten after
-    every epoch), ``curves.png``, ``best.pt`` (model of the best epoch) and ``last.pt`` (all
-    progress: model, optimizer, RNG, position in the epoch). ``last.pt`` is written every
-    ``train.checkpoint_every`` batches, at each epoch end, and on SIGTERM / Ctrl-C, always
-    atomically. ``resume=True`` continues from it (same seed, data and model config; train.*
-    may change, e.g. more epochs or a lower learning rate, which are applied) and reaches the
-    same results as an uninterrupted run. ``overwrite=True`` deletes a previous run's files in
-    ``output_dir``, once the config and data have been checked.
+    Writes ``config.yaml``, ``metrics.json``, ``curves.png``, ``best.pt`` (model of the best
+    epoch) and ``last.pt`` (all progress: model, optimizer, RNG, position in the epoch) to
+    ``output_dir``.
 
     Returns:
         Dict[str, Any]: the content of metrics.json.
     """
-    os.makedirs(output_dir, exist_ok=True)
-    last_path = os.path.join(output_dir, "last.pt")
-    checkpoint: Optional[Dict[str, Any]] = None
-    changes: List[str] = []
-    if resume:
-        checkpoint = load_checkpoint(last_path)
-        changes = check_resumable(checkpoint["config"], config, checkpoint["batch"] > 0)
-        print(f"[resume] {last_path}: epoch {checkpoint['epoch']}, batch {checkpoint['batch']}"
-              + (f"; applying {', '.join(changes)}" if changes else ""))
-    seed = int(config["seed"])
-    data_cfg, train_cfg = config["data"], config["train"]
-    progress = bool(train_cfg["progress"])
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-    table = build_table(data_cfg, seed)
-    datasets = make_datasets(table, data_cfg)
-    for split, ds in datasets.items():
-        if len(ds) == 0:
-            raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
-                             "data.test_per_user")
-    workers = int(data_cfg["num_workers"])
-    train_loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed, workers)
-    eval_loaders = {s: make_loader(datasets[s], train_cfg["eval_batch_size"], False, seed, workers)
-                    for s in ("valid", "test")}
-
-    model = build_model(table.vocab, config)
-    train_model = DINTrain(model, bool(data_cfg["group_histories"]))
-    optimizer = make_optimizer(model.parameters(), train_cfg)
-    regularizer = make_regularizer(model, table, datasets["train"].rows, train_cfg)
-    start_run_record(output_dir, config, overwrite)
-
-    summary = table.summary()
-    results: Dict[str, Any] = {"data": {"summary": summary, "meta": table.meta},
-                               "epochs": [], "best_epoch": None}
-    meta = table.meta
-    print(f"[data] {meta.get('dataset', data_cfg['dataset'])} protocol={meta.get('protocol')}: "
-          + ", ".join(f"{k} {v['samples']} samples / {v['users']} users" for k, v in summary.items()))
-    if meta.get("behaviours_cut"):
-        print(f"[data] max_history={meta['max_history']}: {meta['histories_truncated']} histories "
-              f"truncated, {meta['behaviours_cut']} oldest behaviours cut")
-    if meta.get("skipped_lines"):
-        print(f"[data] skipped malformed lines: {meta['skipped_lines']}")
-    best_gauc = -float("inf")
-    train_speeds: List[float] = []
-    start_epoch, start_batch = 0, 0
-    totals = {"loss": 0.0, "samples": 0, "elapsed": 0.0}
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        apply_train_config(optimizer, train_cfg)  # a changed learning rate takes effect
-        torch.set_rng_state(checkpoint["rng"])
-        results, best_gauc = checkpoint["results"], checkpoint["best_gauc"]
-        train_speeds, totals = checkpoint["train_speeds"], checkpoint["totals"]
-        start_epoch, start_batch = checkpoint["epoch"], checkpoint["batch"]
-    metrics_path = os.path.join(output_dir, "metrics.json")
-    checkpoint_every = int(train_cfg["checkpoint_every"])
-
-    def save_progress(epoch: int, batch: int) -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": torch.get_rng_state(), "epoch": epoch, "batch": batch,
-                     "totals": dict(totals), "results": results, "best_gauc": best_gauc,
-                     "train_speeds": list(train_speeds), "config": config}, last_path)
-
-    patience = int(train_cfg["patience"])
-    with _StopRequest() as stop:
-        for epoch in range(start_epoch, int(train_cfg["epochs"])):
-            reason = early_stop(results, patience)
-            if reason is not None:
-                print(f"[early stop] {reason}")
-                break
-            model.train()
-            skip = start_batch if epoch == start_epoch else 0
-            if skip == 0:
-                totals = {"loss": 0.0, "samples": 0, "elapsed": 0.0}
-            train_loader.sampler.set_epoch(epoch, skip_batches=skip)
-            bar = tqdm(train_loader, desc=f"epoch {epoch}", disable=not progress,
-                       mininterval=1.0, unit="batch", initial=skip,
-                       total=skip + len(train_loader.sampler))
-            start = time.perf_counter() - totals["elapsed"]
-            for step, batch in enumerate(bar, start=skip + 1):
-                loss, _ = train_model(batch)
-                if regularizer is not None:
-                    loss = loss + regularizer([batch.sequence_features, batch.pooled_features])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss ({loss.item()}) at epoch {epoch}, batch "
-                        f"{step}; stopped before the update. The last good progress is "
-                        f"{last_path} (resume with --resume after lowering the learning rate)")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                n = batch.batch_size
-                totals["loss"] += loss.item() * n
-                totals["samples"] += n
-                totals["elapsed"] = time.perf_counter() - start
-                bar.set_postfix(loss=f"{totals['loss'] / totals['samples']:.4f}",
-                                samples_per_s=f"{totals['samples'] / totals['elapsed']:.0f}",
-                                refresh=False)
-                if stop.signal is not None or (checkpoint_every and step % checkpoint_every == 0):
-                    save_progress(epoch, step)
-                    if stop.signal is not None:
-                        bar.close()
-                        raise TrainingInterrupted(stop.signal, last_path)
-            bar.close()
-            speed = totals["samples"] / max(totals["elapsed"], 1e-9)
-            train_speeds.append(speed)
-            valid = _evaluate(model, datasets["valid"], eval_loaders["valid"], progress, "valid")
-            record = {"epoch": epoch, "train_loss": totals["loss"] / max(totals["samples"], 1),
-                      "train_samples_per_sec": speed, "valid": valid}
-            results["epochs"].append(record)
-            print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc {valid['auc']:.4f} "
-                  f"gauc {valid['gauc']:.4f} logloss {valid['logloss']:.4f}  {speed:.0f} samples/s")
-            if valid["gauc"] > best_gauc:
-                best_gauc = valid["gauc"]
-                results["best_epoch"] = epoch
-                atomic_save({"model": model.state_dict(), "epoch": epoch, "config": config,
-                             "vocab": table.vocab},
-                            os.path.join(output_dir, "best.pt"))
-            save_progress(epoch + 1, 0)
-            atomic_write_json(results, metrics_path)
-            plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
-            if stop.signal is not None:
-                raise TrainingInterrupted(stop.signal, last_path)
-
-    best = load_checkpoint(os.path.join(output_dir, "best.pt"))
-    model.load_state_dict(best["model"])
-    test = _evaluate(model, datasets["test"], eval_loaders["test"], progress, "test")
-    finish_results(results, test, table, datasets, train_speeds, metrics_path)
+    results = run_training(LocalBackend(), config, output_dir, resume, overwrite)
+    assert results is not None  # one process is rank 0
     return results

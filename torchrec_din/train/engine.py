@@ -1,0 +1,396 @@
+"""The training engine: one epoch loop for one process and for torchrun.
+
+The loop, evaluation, best-epoch choice, early stopping, metrics.json, curves, progress
+lines, SIGTERM / Ctrl-C handling and ``--resume`` live here, once. What differs between a
+plain process and sharded training sits behind :class:`Backend`:
+``train.loop.LocalBackend`` (a plain optimizer, ``torch.save`` checkpoints) and
+``train.distributed.ShardedBackend`` (planner + DistributedModelParallel +
+TrainPipelineSparseDist, torch.distributed.checkpoint).
+"""
+
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.data.samples import SampleTable
+from torchrec_din.metrics import evaluate_predictions
+from torchrec_din.train.builder import build_table
+from torchrec_din.train.checkpoint import atomic_write_json, atomic_write_text, check_resumable
+from torchrec_din.train.rundir import clear_run_files
+
+T = TypeVar("T")
+
+
+class Backend:
+    """What one process and sharded training do differently; the engine calls these.
+
+    A backend is a context manager (``__enter__`` joins the process group, ``__exit__``
+    leaves it). Collective methods (``any``, ``sum``, ``share``, ``predict``, saving and
+    loading) are called by every rank in the same order.
+    """
+
+    rank: int = 0
+    world: int = 1
+    progress_path: str = ""  # where save_progress writes, for messages
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0, then on the others (rank 0 fills caches)."""
+        return fn()
+
+    def read_progress(self, output_dir: str) -> Dict[str, Any]:
+        """The saved progress record (``config``, ``epoch``, ``batch``, ...) of a run."""
+        raise NotImplementedError
+
+    def check_resume(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        """Backend-specific reasons the saved progress cannot continue (beyond the config)."""
+
+    def setup(self, config: Dict[str, Any], table: SampleTable,
+              datasets: Dict[str, DINDataset], output_dir: str) -> None:
+        """Build the model and optimizer; raise ValueError for unsupported settings."""
+        raise NotImplementedError
+
+    def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+        """Load model, optimizer and RNG state from what read_progress returned."""
+        raise NotImplementedError
+
+    def train_batches(self, loader: Any) -> Iterator[Tuple[torch.Tensor, int]]:
+        """Train on ``loader``'s batches; yields (detached mean loss, samples) per step."""
+        raise NotImplementedError
+
+    def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
+                desc: str) -> Tuple[Optional[np.ndarray], float]:
+        """Logits of the whole split in order (on rank 0; None elsewhere) and seconds."""
+        raise NotImplementedError
+
+    def save_progress(self, record: Dict[str, Any]) -> None:
+        """Atomically save model, optimizer, RNG and ``record`` (gathered per rank)."""
+        raise NotImplementedError
+
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+        raise NotImplementedError
+
+    def load_best(self) -> None:
+        raise NotImplementedError
+
+    def any(self, flags: List[bool]) -> List[bool]:
+        """Element-wise OR of ``flags`` over ranks."""
+        return list(flags)
+
+    def sum(self, values: List[float]) -> List[float]:
+        """Element-wise sum of ``values`` over ranks."""
+        return list(values)
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, indexed by rank."""
+        return [obj]
+
+    def share(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+
+def make_datasets(table: SampleTable, data_cfg: Dict[str, Any]) -> Dict[str, DINDataset]:
+    """train / valid / test datasets; training may group samples that share a history
+    (``data.group_histories``), evaluation scores one row per sample."""
+    grouped = bool(data_cfg["group_histories"])
+    return {s: DINDataset(table, s, list(data_cfg["pooled_features"]), grouped and s == "train")
+            for s in ("train", "valid", "test")}
+
+
+def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -> None:
+    """Once config and data are checked: clear a replaced run (``--overwrite``) and write the
+    resolved config.yaml. Nothing in the run folder changes before this."""
+    if overwrite:
+        clear_run_files(output_dir)
+    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                      os.path.join(output_dir, "config.yaml"))
+
+
+def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Baseline: a candidate's score is how often it was a positive in training."""
+    positives = train_rows[table.label[train_rows] > 0]
+    counts = np.bincount(table.item[positives], minlength=table.vocab["item"]).astype(np.float64)
+    return counts[table.item[rows]]
+
+
+def plot_curves(history: List[Dict[str, Any]], path: str) -> None:
+    """Training loss and validation AUC / GAUC per epoch, written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("Training loss")
+    ax_auc.plot(epochs, [h["valid"]["auc"] for h in history], marker="o", label="AUC")
+    ax_auc.plot(epochs, [h["valid"]["gauc"] for h in history], marker="s", label="GAUC")
+    ax_auc.set_xlabel("epoch")
+    ax_auc.set_title("Validation")
+    ax_auc.legend()
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def early_stop(results: Dict[str, Any], patience: int) -> Optional[str]:
+    """Why training should stop now, or None: validation GAUC has not improved for
+    ``patience`` epochs (0 disables the rule; ``train.epochs`` is the cap either way).
+
+    It reads only the per-epoch validation record, so it never sees test data, and a resumed
+    run decides exactly as an uninterrupted one.
+    """
+    epochs, best = results["epochs"], results["best_epoch"]
+    if patience <= 0 or not epochs or best is None:
+        return None
+    since = epochs[-1]["epoch"] - best
+    if since < patience:
+        return None
+    return (f"validation GAUC has not improved for {since} epoch(s) (patience {patience}); "
+            f"best epoch {best}: {epochs[best - epochs[0]['epoch']]['valid']['gauc']:.4f}")
+
+
+def evaluate_split(backend: Backend, dataset: DINDataset, batch_size: int, progress: bool,
+                   desc: str) -> Optional[Dict[str, Any]]:
+    """AUC / GAUC / logloss of the split (on rank 0; None elsewhere)."""
+    logits, elapsed = backend.predict(dataset, batch_size, progress, desc)
+    if logits is None:
+        return None
+    out = evaluate_predictions(torch.as_tensor(logits), dataset.table.label[dataset.rows],
+                               dataset.user_ids())
+    out["samples_per_sec"] = len(dataset) / max(elapsed, 1e-9)
+    return out
+
+
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between batches."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal once the progress checkpoint is safely written."""
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}; progress saved to "
+                         f"{checkpoint}; continue with --resume")
+        self.signum = signum
+
+
+def _zero_totals() -> Dict[str, float]:
+    return {"loss": 0.0, "samples": 0, "elapsed": 0.0}
+
+
+def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
+                 resume: bool = False, overwrite: bool = False) -> Optional[Dict[str, Any]]:
+    """Train, pick the best epoch on validation GAUC, evaluate it on test.
+
+    Writes to ``output_dir`` (rank 0): ``config.yaml`` (resolved), ``metrics.json``
+    (rewritten after every epoch), ``curves.png``, the best epoch's model and the progress
+    checkpoint (the backend's format). Progress is saved every ``train.checkpoint_every``
+    batches, at each epoch end and on SIGTERM / Ctrl-C (then :class:`TrainingInterrupted`
+    is raised), always atomically. ``resume=True`` continues from it (same seed, data and
+    model config; train.* may change, e.g. more epochs or a lower learning rate) and reaches
+    the same results as an uninterrupted run. ``overwrite=True`` deletes a previous run's
+    files in ``output_dir`` once the config and data have been checked.
+
+    Returns:
+        Optional[Dict[str, Any]]: the content of metrics.json on rank 0, None elsewhere.
+    """
+    data_cfg, train_cfg = config["data"], config["train"]
+    seed = int(config["seed"])
+    main = backend.main
+    saved: Optional[Dict[str, Any]] = None
+    if resume:
+        saved = backend.read_progress(output_dir)
+        changes = check_resumable(saved["config"], config, saved["batch"] > 0)
+        backend.check_resume(saved, config)
+        if main:
+            print(f"[resume] {backend.progress_path}: {saved['world_size']} rank(s) -> "
+                  f"{backend.world}, continuing at epoch {saved['epoch']}, batch "
+                  f"{saved['batch']}" + (f"; applying {', '.join(changes)}" if changes else ""))
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if main:
+        os.makedirs(output_dir, exist_ok=True)
+
+    table = backend.main_first(lambda: build_table(data_cfg, seed))
+    datasets = make_datasets(table, data_cfg)
+    for split, ds in datasets.items():
+        if len(ds) == 0:
+            raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
+                             "data.test_per_user")
+    loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
+                         int(data_cfg["num_workers"]), backend.rank, backend.world)
+    backend.setup(config, table, datasets, output_dir)
+    if main:
+        start_run_record(output_dir, config, overwrite)
+        _print_data(table, data_cfg)
+
+    results: Dict[str, Any] = {"data": {"summary": table.summary(), "meta": table.meta},
+                               "epochs": [], "best_epoch": None, "world_size": backend.world}
+    best_gauc = -float("inf")
+    train_speeds: List[float] = []
+    start_epoch, start_batch = 0, 0
+    totals = _zero_totals()
+    if saved is not None:
+        backend.restore_progress(saved, config)
+        results, best_gauc = saved["results"], saved["best_gauc"]
+        results["world_size"] = backend.world
+        train_speeds = saved["train_speeds"]
+        start_epoch, start_batch = saved["epoch"], saved["batch"]
+        if start_batch:  # check_resume refused a changed world size mid-epoch
+            totals = saved["totals"][backend.rank]
+    progress = bool(train_cfg["progress"]) and main
+    checkpoint_every = int(train_cfg["checkpoint_every"])
+    eval_batch = int(train_cfg["eval_batch_size"])
+    patience = int(train_cfg["patience"])
+    metrics_path = os.path.join(output_dir, "metrics.json")
+
+    def save_progress(epoch: int, batch: int) -> None:
+        backend.save_progress({
+            "epoch": epoch, "batch": batch, "totals": backend.gather(dict(totals)),
+            "results": results, "best_gauc": best_gauc, "train_speeds": list(train_speeds),
+            "config": config, "world_size": backend.world})
+
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, int(train_cfg["epochs"])):
+            reason = early_stop(results, patience)  # results are the same on every rank
+            if reason is not None:
+                if main:
+                    print(f"[early stop] {reason}")
+                break
+            skip = start_batch if epoch == start_epoch else 0
+            if skip == 0:
+                totals = _zero_totals()
+            loader.sampler.set_epoch(epoch, skip_batches=skip)
+            bar = tqdm(total=skip + len(loader.sampler), initial=skip, desc=f"epoch {epoch}",
+                       disable=not progress, mininterval=1.0, unit="batch")
+            start = time.perf_counter() - totals["elapsed"]
+            step = skip
+            for loss, n in backend.train_batches(loader):
+                step += 1
+                value = float(loss)
+                stopping, bad = backend.any([stop.signal is not None, not math.isfinite(value)])
+                if bad:
+                    bar.close()
+                    raise FloatingPointError(
+                        f"non-finite training loss ({value}) at epoch {epoch}, batch {step}"
+                        f"{f' on rank {backend.rank}' if backend.world > 1 else ''}; nothing "
+                        f"was saved after it. The last good progress is "
+                        f"{backend.progress_path} (resume with --resume after lowering the "
+                        f"learning rate)")
+                totals["loss"] += value * n
+                totals["samples"] += n
+                totals["elapsed"] = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss'] / max(totals['samples'], 1):.4f}",
+                                samples_per_s=f"{totals['samples'] / totals['elapsed']:.0f}",
+                                refresh=False)
+                if stopping or (checkpoint_every and step % checkpoint_every == 0):
+                    save_progress(epoch, step)
+                    if stopping:
+                        bar.close()
+                        raise TrainingInterrupted(stop.signal or signal.SIGTERM,
+                                                  backend.progress_path)
+            bar.close()
+            loss_sum, samples = backend.sum([totals["loss"], float(totals["samples"])])
+            elapsed = max(backend.gather(totals["elapsed"]))
+            speed = samples / max(elapsed, 1e-9)
+            train_speeds.append(speed)
+            valid = backend.share(
+                evaluate_split(backend, datasets["valid"], eval_batch, progress, "valid"))
+            record = {"epoch": epoch, "train_loss": loss_sum / max(samples, 1.0),
+                      "train_samples_per_sec": speed, "valid": valid}
+            results["epochs"].append(record)
+            if main:
+                ranks = f" ({backend.world} ranks)" if backend.world > 1 else ""
+                print(f"[epoch {epoch}] loss {record['train_loss']:.4f}  valid auc "
+                      f"{valid['auc']:.4f} gauc {valid['gauc']:.4f} logloss "
+                      f"{valid['logloss']:.4f}  {speed:.0f} samples/s{ranks}")
+            if valid["gauc"] > best_gauc:
+                best_gauc = valid["gauc"]
+                results["best_epoch"] = epoch
+                backend.save_best(epoch, config, table.vocab)
+            save_progress(epoch + 1, 0)
+            if main:
+                atomic_write_json(results, metrics_path)
+                plot_curves(results["epochs"], os.path.join(output_dir, "curves.png"))
+            if backend.any([stop.signal is not None])[0]:
+                raise TrainingInterrupted(stop.signal or signal.SIGTERM, backend.progress_path)
+
+    backend.load_best()
+    test = evaluate_split(backend, datasets["test"], eval_batch, progress, "test")
+    if not main:
+        return None
+    note = f", {backend.world} ranks" if backend.world > 1 else ""
+    _finish_results(results, test, table, datasets, train_speeds, metrics_path, note)
+    return results
+
+
+def _print_data(table: SampleTable, data_cfg: Dict[str, Any]) -> None:
+    meta, summary = table.meta, table.summary()
+    print(f"[data] {meta.get('dataset', data_cfg['dataset'])} protocol={meta.get('protocol')}: "
+          + ", ".join(f"{k} {v['samples']} samples / {v['users']} users" for k, v in summary.items()))
+    if meta.get("behaviours_cut"):
+        print(f"[data] max_history={meta['max_history']}: {meta['histories_truncated']} histories "
+              f"truncated, {meta['behaviours_cut']} oldest behaviours cut")
+    if meta.get("skipped_lines"):
+        print(f"[data] skipped malformed lines: {meta['skipped_lines']}")
+
+
+def _finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleTable,
+                    datasets: Dict[str, DINDataset], train_speeds: List[float],
+                    metrics_path: str, note: str) -> None:
+    """Add the test figures and the popularity baseline, write metrics.json, print a summary."""
+    test["train_samples_per_sec"] = float(np.median(train_speeds)) if train_speeds else 0.0
+    results["test"] = test
+    test_rows = datasets["test"].rows
+    pop = popularity_scores(table, datasets["train"].rows, test_rows)
+    results["baselines"] = {"popularity": evaluate_predictions(
+        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
+    atomic_write_json(results, metrics_path)
+    print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
+          f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
+          f"on {test['samples']} samples{note}; popularity gauc "
+          f"{results['baselines']['popularity']['gauc']:.4f}")
