@@ -90,13 +90,13 @@ def run_ours(data: dict, warmup: int, batches: int) -> None:
 
     table = generate_synthetic(seed=0, **SIZES)
     config = load_config(None, [
-        "data.pooled_features=[user]", f"model.embedding_dim={EMB}",
+        "features.pooled=[user]", f"model.embedding_dim={EMB}",
         f"model.pooled_embedding_dim={EMB}", "model.attention_hidden_units=[80, 40]",
         "model.over_arch_layer_sizes=[200, 80]", "model.validate_inputs=false"])
     torch.manual_seed(0)
     model = DINTrain(build_model(table.vocab, config))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = make_loader(DINDataset(table, "all", ["user"]), BATCH, shuffle=True, seed=0)
+    loader = make_loader(DINDataset(table, "all", table.schema(["user"])), BATCH, shuffle=True, seed=0)
 
     def epochs():
         epoch = 0

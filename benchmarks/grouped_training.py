@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from torchrec_din import DINTrain
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.movielens import load_movielens_100k
 from torchrec_din.train.builder import build_model
@@ -37,7 +38,7 @@ def main() -> None:
     table = load_movielens_100k(cache_dir=data["cache_dir"], protocol="next_item",
                                 valid_per_user=5, test_per_user=5).with_max_history(
                                     data["max_history"])
-    pooled = list(data["pooled_features"])
+    pooled = FeatureSchema.from_config(config["features"])
     grouped_ds = DINDataset(table, "train", pooled, group_histories=True)
     flat_ds = DINDataset(table, "all", pooled)
     rng = np.random.default_rng(0)

@@ -13,6 +13,7 @@ import copy
 
 from torchrec.inference.modules import quantize_inference_model
 
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
@@ -27,7 +28,7 @@ def main() -> None:
     model, state = load_trained(args.checkpoint)
     config = state["config"]
     table = build_table(config["data"], int(config["seed"]))
-    ds = DINDataset(table, "test", config["data"]["pooled_features"])
+    ds = DINDataset(table, "test", FeatureSchema.from_config(config["features"]))
     loader = make_loader(ds, 2048, shuffle=False)
     quant = quantize_inference_model(copy.deepcopy(model))
     rows = {}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from torchrec_din import DINTrain
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.train.builder import build_model, build_table
 from torchrec_din.train.config import load_config
@@ -33,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config, ["train.progress=false"])
     table = build_table(config["data"], int(config["seed"]))
-    dataset = DINDataset(table, "train", config["data"]["pooled_features"])
+    dataset = DINDataset(table, "train", FeatureSchema.from_config(config["features"]))
     torch.manual_seed(0)
     model = build_model(table.vocab, config)
     train_model = DINTrain(model)

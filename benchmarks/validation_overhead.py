@@ -32,10 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     table = generate_synthetic(num_users=3000, num_items=1700, num_cates=20, samples_per_user=4,
                                mean_length=56, max_length=100, seed=0)
-    ds = DINDataset(table, "all", ["user"])
+    ds = DINDataset(table, "all", table.schema(["user"]))
     batches = [ds[list(range(i * args.batch_size, (i + 1) * args.batch_size))]
                for i in range(args.steps)]
-    config = load_config("configs/movielens_din.yaml", ["data.pooled_features=[user]"])
+    config = load_config("configs/movielens_din.yaml", ["features.pooled=[user]"])
     times = {True: [], False: []}
     models = {}
     for flag in (True, False):

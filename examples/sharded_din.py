@@ -48,7 +48,7 @@ def main() -> None:
     dense_opt = torch.optim.Adam([p for _, p in dense_parameters(dmp)], lr=1e-3)
 
     # Each rank reads its own part of the data.
-    dataset = DINDataset(table, "train", ["user"])
+    dataset = DINDataset(table, "train", table.schema(["user"]))
     loader = make_loader(dataset, batch_size=256, shuffle=True, seed=rank)
     for step, batch in enumerate(loader):
         loss, _ = dmp(batch.to(device))

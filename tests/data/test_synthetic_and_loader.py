@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_din.data.loader import DINDataset, make_loader, SEQUENCE_FEATURES
+from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.data.samples import load_table, save_table
 from torchrec_din.data.synthetic import generate_synthetic, history_lengths
 
@@ -32,12 +32,12 @@ def test_synthetic_signal_is_planted(table) -> None:
 
 
 def test_batch_holds_the_jagged_histories(table) -> None:
-    ds = DINDataset(table, "train", ["user"])
+    ds = DINDataset(table, "train", table.schema(["user"]))
     positions = [3, 0, 7, 2]
     batch = ds[positions]
     rows = ds.rows[positions]
     kjt = batch.sequence_features
-    assert kjt.keys() == SEQUENCE_FEATURES
+    assert kjt.keys() == ["item", "cate", "hist_item", "hist_cate"]
     d = kjt.to_dict()
     np.testing.assert_array_equal(d["item"].values().numpy(), table.item[rows])
     hist = d["hist_item"]
@@ -51,7 +51,7 @@ def test_batch_holds_the_jagged_histories(table) -> None:
 
 
 def test_loader_is_seeded_and_workers_match(table) -> None:
-    ds = DINDataset(table, "train", ["user"])
+    ds = DINDataset(table, "train", table.schema(["user"]))
 
     def labels(loader, epoch):
         loader.sampler.set_epoch(epoch)

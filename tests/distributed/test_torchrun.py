@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
@@ -51,7 +52,7 @@ def test_two_rank_training(tmp_path) -> None:
     # The gathered, unsharded best.pt scores the test split like the sharded model did.
     model, state = load_trained(str(out))
     table = build_table(state["config"]["data"], int(state["config"]["seed"]))
-    ds = DINDataset(table, "test", state["config"]["data"]["pooled_features"])
+    ds = DINDataset(table, "test", FeatureSchema.from_config(state["config"]["features"]))
     logits, labels, _ = predict(model, make_loader(ds, 512, shuffle=False))
     single = evaluate_predictions(logits, labels, ds.user_ids())
     assert test["samples"] == single["samples"] == len(ds)

@@ -24,7 +24,7 @@ USERS = [
 
 
 def _model(**overrides):
-    sets = ["data.pooled_features=[user, age]", "model.embedding_dim=8",
+    sets = ["features.pooled=[user, age]", "model.embedding_dim=8",
             "model.pooled_embedding_dim=4"] + [f"model.{k}={v}" for k, v in overrides.items()]
     config = load_config(None, sets)
     torch.manual_seed(0)

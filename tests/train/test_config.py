@@ -41,7 +41,7 @@ def test_values_are_typed_at_load() -> None:
         ("train.epochs=abc", r"'train.epochs' must be an integer"),
         ("train.learning_rate=fast", r"'train.learning_rate' must be a number"),
         ("train.progress=1", r"'train.progress' must be true or false"),
-        ("data.pooled_features=user", r"'data.pooled_features' must be a list"),
+        ("features.pooled=user", r"'features.pooled' must be a list"),
         ("train.epochs=0", r"'train.epochs' must be >= 1, got 0"),
         ("train.batch_size=-5", r"'train.batch_size' must be >= 1"),
         ("train.learning_rate=0", r"'train.learning_rate' must be >= "),

@@ -16,7 +16,7 @@ from torchrec_din.train.config import load_config
 def test_grouped_batch_equals_ungrouped(tmp_path) -> None:
     table = load_movielens_100k(cache_dir=str(tmp_path), protocol="next_item",
                                 valid_per_user=5, test_per_user=5).with_max_history(30)
-    pooled = ["user", "age"]
+    pooled = table.schema(["user", "age"])
     grouped = DINDataset(table, "train", pooled, group_histories=True)
     flat = DINDataset(table, "all", pooled)
     assert len(grouped) * 2 == len(DINDataset(table, "train", pooled))  # pos + neg per history
@@ -29,7 +29,7 @@ def test_grouped_batch_equals_ungrouped(tmp_path) -> None:
     g_hist = batch_g.sequence_features["hist_item"].values().numel()
     assert 2 * g_hist == batch_f.sequence_features["hist_item"].values().numel()
 
-    config = load_config("configs/movielens_din.yaml", ["data.pooled_features=[user, age]",
+    config = load_config("configs/movielens_din.yaml", ["features.pooled=[user, age]",
                                                         "model.use_outer_product=true"])
     torch.manual_seed(0)
     model = build_model(table.vocab, config)

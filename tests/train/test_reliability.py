@@ -120,7 +120,7 @@ def test_resume_applies_learning_rate_and_refuses_mid_epoch_batch_size(tmp_path,
 # 4. score: bad arguments never touch the output; histories capped as in training; bounded.
 def test_score_arguments_history_cap_and_request_bound(tmp_path, capsys) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
-    assert _train(out, cache, ["data.max_history=5", "data.pooled_features=[user]"]) == 0
+    assert _train(out, cache, ["data.max_history=5", "features.pooled=[user]"]) == 0
     scores = tmp_path / "scores.jsonl"
     scores.write_text("precious\n")
     requests = tmp_path / "requests.jsonl"

@@ -9,11 +9,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.data.batch import DINBatch
 from torchrec_din.data.samples import SampleTable
-
-# Feature names of the KJT given to the EmbeddingCollection.
-CANDIDATE_FEATURES = ["item", "cate"]
-HISTORY_FEATURES = ["hist_item", "hist_cate"]
-SEQUENCE_FEATURES = CANDIDATE_FEATURES + HISTORY_FEATURES
+from torchrec_din.data.schema import FeatureSchema
 
 
 class DINDataset(Dataset):
@@ -26,18 +22,21 @@ class DINDataset(Dataset):
     Args:
         table (SampleTable): the samples.
         split (str): "train", "valid" or "test" (or "all").
-        pooled_features (Sequence[str]): user features for the EmbeddingBagCollection.
+        schema (FeatureSchema): which of the table's columns feed which features; the
+            built-in tables have candidate columns ``item``, ``cate``, history columns
+            ``hist_item``, ``hist_cate`` and their user features as pooled columns.
         group_histories (bool): one item per shared history instead of one per sample.
 
     Example::
 
-        ds = DINDataset(table, "train", ["user", "age"])
+        ds = DINDataset(table, "train", FeatureSchema.from_config(config["features"]))
         batch = ds[np.arange(256)]
     """
 
-    def __init__(self, table: SampleTable, split: str, pooled_features: Sequence[str],
+    def __init__(self, table: SampleTable, split: str, schema: FeatureSchema,
                  group_histories: bool = False) -> None:
         self.table = table
+        self.schema = schema
         self.rows = np.arange(len(table)) if split == "all" else table.split_indices(split)
         self.group_histories = group_histories
         self.group_offsets: Optional[np.ndarray] = None
@@ -51,11 +50,16 @@ class DINDataset(Dataset):
             new = np.ones(self.rows.size, dtype=bool)
             new[1:] = np.any(k[:, 1:] != k[:, :-1], axis=0)
             self.group_offsets = np.append(np.flatnonzero(new), self.rows.size)
-        missing = [f for f in pooled_features if f not in table.user_features]
-        if missing:
-            raise ValueError(f"pooled features {missing} are not in the data; it has "
-                             f"{sorted(table.user_features)}")
-        self.pooled_features = list(pooled_features)
+        self.candidate_columns = [table.candidate_column(c) for c in schema.candidate_features()]
+        self.history_columns = [table.history_column(h) for h in schema.history_features()]
+        self.pooled_columns = [table.user_column(p) for p in schema.pooled]
+        if schema.dense:
+            raise ValueError(f"features.dense {schema.dense}: the built-in data sets have no "
+                             "dense columns (Parquet input does)")
+        if schema.group_by != "user" or schema.label != "label":
+            raise ValueError("the built-in data sets group by 'user' and label 'label'; got "
+                             f"features.group_by={schema.group_by!r}, "
+                             f"features.label={schema.label!r}")
 
     def __len__(self) -> int:
         if self.group_offsets is not None:
@@ -80,20 +84,21 @@ class DINDataset(Dataset):
             samples, counts = rows, np.ones(rows.size, dtype=np.int64)
         b = rows.size
         flat, lengths = t.history_positions(rows)
+        nc, nh = len(self.candidate_columns), len(self.history_columns)
         seq = KeyedJaggedTensor(
-            keys=SEQUENCE_FEATURES,
+            keys=self.schema.sequence_features(),
             values=torch.from_numpy(np.concatenate(
-                [t.item[samples], t.cate[samples], t.seq_item[flat], t.seq_cate[flat]])),
-            lengths=torch.from_numpy(np.concatenate([counts, counts, lengths, lengths])),
+                [c[samples] for c in self.candidate_columns]
+                + [h[flat] for h in self.history_columns])),
+            lengths=torch.from_numpy(np.concatenate([counts] * nc + [lengths] * nh)),
         )
         pooled: Optional[KeyedJaggedTensor] = None
-        if self.pooled_features:
+        if self.pooled_columns:
             users = t.user_row[rows]
             pooled = KeyedJaggedTensor(
-                keys=self.pooled_features,
-                values=torch.from_numpy(np.concatenate(
-                    [t.user_features[f][users] for f in self.pooled_features])),
-                lengths=torch.from_numpy(np.ones(b * len(self.pooled_features), np.int64)),
+                keys=list(self.schema.pooled),
+                values=torch.from_numpy(np.concatenate([p[users] for p in self.pooled_columns])),
+                lengths=torch.from_numpy(np.ones(b * len(self.pooled_columns), np.int64)),
             )
         return DINBatch(
             sequence_features=seq,
@@ -168,7 +173,7 @@ def make_loader(
 
     Example::
 
-        loader = make_loader(DINDataset(table, "train", ["user"]), 1024, shuffle=True)
+        loader = make_loader(DINDataset(table, "train", schema), 1024, shuffle=True)
         loader.sampler.set_epoch(epoch)
         for batch in loader: ...
     """

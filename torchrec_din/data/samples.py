@@ -57,6 +57,33 @@ class SampleTable:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
+    def schema(self, pooled: Optional[List[str]] = None) -> "FeatureSchema":
+        """This table's columns as a feature schema: one attention group (``item``, ``cate``
+        against ``hist_item``, ``hist_cate``), ``pooled`` user features (default: all)."""
+        from torchrec_din.data.schema import FeatureSchema
+
+        return FeatureSchema.from_config({
+            "label": "label", "group_by": "user", "dense": [],
+            "groups": [{"name": "behaviour", "candidate": ["item", "cate"],
+                        "history": ["hist_item", "hist_cate"]}],
+            "pooled": list(self.user_features) if pooled is None else list(pooled)})
+
+    def candidate_column(self, name: str) -> np.ndarray:
+        """[M] candidate ids of column ``name`` (``item`` or ``cate``)."""
+        return _column({"item": self.item, "cate": self.cate}, name, "candidate")
+
+    def history_column(self, name: str) -> np.ndarray:
+        """[S] behaviour ids of history column ``name`` (``hist_item`` or ``hist_cate``)."""
+        return _column({"hist_item": self.seq_item, "hist_cate": self.seq_cate}, name,
+                       "history")
+
+    def user_column(self, name: str) -> np.ndarray:
+        """[U] id of pooled user feature ``name``."""
+        if name not in self.user_features:
+            raise ValueError(f"features.pooled: {name!r} is not in the data; it has "
+                             f"{sorted(self.user_features)}")
+        return self.user_features[name]
+
     def history_lengths(self) -> np.ndarray:
         return self.hist_end - self.hist_start
 
@@ -105,6 +132,13 @@ class SampleTable:
 
 _ARRAYS = ["seq_item", "seq_cate", "seq_offsets", "user_row", "hist_start", "hist_end",
            "item", "cate", "label", "split"]
+
+
+def _column(columns: Dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
+    if name not in columns:
+        raise ValueError(f"features: {name!r} is not a {kind} column of this data set; it has "
+                         f"{sorted(columns)}")
+    return columns[name]
 
 
 def save_table(table: SampleTable, path: str) -> None:

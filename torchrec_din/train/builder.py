@@ -7,8 +7,8 @@ import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-from torchrec_din.data.loader import CANDIDATE_FEATURES, HISTORY_FEATURES
 from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.models import BaseModel, DIN, DINModel
 from torchrec_din.modules.interaction import AttentionGroup
 
@@ -49,32 +49,41 @@ def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
     return table.with_max_history(data["max_history"])
 
 
-def table_configs(vocab: Dict[str, int], model: Dict[str, Any],
-                  pooled_features: List[str]) -> Dict[str, Any]:
-    dim = model["embedding_dim"]
-    sequence = [
-        EmbeddingConfig(name=name, embedding_dim=dim, num_embeddings=vocab[name],
-                        feature_names=[cand, hist])
-        for name, cand, hist in zip(CANDIDATE_FEATURES, CANDIDATE_FEATURES, HISTORY_FEATURES)
-    ]
-    pooled = [
-        EmbeddingBagConfig(name=f, embedding_dim=model["pooled_embedding_dim"],
-                           num_embeddings=vocab[f], feature_names=[f])
-        for f in pooled_features
-    ]
+def table_configs(vocab: Dict[str, int], config: Dict[str, Any]) -> Dict[str, Any]:
+    """EmbeddingConfigs (sequence tables: candidate + history features, ``model.embedding_dim``)
+    and EmbeddingBagConfigs (one per pooled feature, ``model.pooled_embedding_dim`` or
+    ``tables.<name>.embedding_dim``) of the config's feature schema. ``vocab`` (table ->
+    rows) comes from the data; ``tables.<name>.num_embeddings`` overrides it."""
+    schema = FeatureSchema.from_config(config["features"])
+    model, tables = config["model"], config.get("tables", {})
+
+    def rows(table: str) -> int:
+        n = tables.get(table, {}).get("num_embeddings") or vocab.get(table)
+        if not n:
+            raise ValueError(f"table {table!r} has no vocabulary size: set "
+                             f"tables.{table}.num_embeddings in the config")
+        return int(n)
+
+    sequence = [EmbeddingConfig(name=t, embedding_dim=model["embedding_dim"],
+                                num_embeddings=rows(t), feature_names=features)
+                for t, features in schema.sequence_tables().items()]
+    pooled = [EmbeddingBagConfig(
+        name=f, embedding_dim=int(tables.get(f, {}).get("embedding_dim")
+                                  or model["pooled_embedding_dim"]),
+        num_embeddings=rows(f), feature_names=[f]) for f in schema.pooled]
     return {"sequence": sequence, "pooled": pooled}
 
 
 def build_model(vocab: Dict[str, int], config: Dict[str, Any],
                 device: torch.device = torch.device("cpu")) -> DINModel:
-    """DIN or BaseModel for the given vocabularies (table name -> rows), as ``config["model"]``
-    says."""
+    """DIN or BaseModel for the config's feature schema and vocabularies (table name ->
+    rows), as ``config["model"]`` says."""
     model_cfg = config["model"]
-    pooled_features = list(config["data"]["pooled_features"])
-    tables = table_configs(vocab, model_cfg, pooled_features)
+    schema = FeatureSchema.from_config(config["features"])
+    tables = table_configs(vocab, config)
     ec = EmbeddingCollection(tables=tables["sequence"], device=device)
     ebc = EmbeddingBagCollection(tables=tables["pooled"], device=device) if tables["pooled"] else None
-    groups = [AttentionGroup("behaviour", CANDIDATE_FEATURES, HISTORY_FEATURES)]
+    groups = [AttentionGroup(g.name, g.candidate, g.history) for g in schema.groups]
     common = dict(
         embedding_bag_collection=ebc,
         over_arch_layer_sizes=model_cfg["over_arch_layer_sizes"],

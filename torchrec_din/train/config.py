@@ -27,7 +27,6 @@ DEFAULTS: Dict[str, Any] = {
         "duplicates": "error",         # repeated (user, item, timestamp): error | drop
         "data_dir": None,
         "cache_dir": ".cache/torchrec_din",
-        "pooled_features": ["user", "age", "gender", "occupation"],
         "num_workers": 0,
         # Train on shared histories: samples with the same user and history (next_item: a
         # positive and its negative) become one history with K candidates, looked up once.
@@ -42,6 +41,16 @@ DEFAULTS: Dict[str, Any] = {
             "mean_length": 20.0,
             "max_length": 200,
         },
+    },
+    # The feature schema (torchrec_din.data.schema): attention groups, pooled and dense
+    # features, label and GAUC grouping. These defaults are the built-in data sets' columns.
+    "features": {
+        "label": "label",
+        "group_by": "user",
+        "groups": [{"name": "behaviour", "candidate": ["item", "cate"],
+                    "history": ["hist_item", "hist_cate"]}],
+        "pooled": ["user", "age", "gender", "occupation"],
+        "dense": [],
     },
     "model": {
         "name": "din",                # din | base
@@ -173,6 +182,9 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any], path: str = "") -> Dict
         if path == "" and key in OPEN_SECTIONS:
             out[key] = _merge_open(base[key], value, key)
             continue
+        if full == "data.pooled_features":
+            raise KeyError("config key 'data.pooled_features' is now 'features.pooled' (the "
+                           "feature schema)")
         if key not in base:
             raise KeyError(f"unknown config key {full!r}; known keys here: {sorted(base)}")
         if isinstance(base[key], dict):
@@ -219,4 +231,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     for item in overrides or []:
         config = _merge(config, parse_override(item))
     check_values(config)
+    from torchrec_din.data.schema import FeatureSchema
+
+    FeatureSchema.from_config(config["features"])  # errors name the bad entry
     return config

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.train.builder import build_table
 from torchrec_din.train.checkpoint import atomic_write_json, atomic_write_text, check_resumable
@@ -107,11 +108,13 @@ class Backend:
         return obj
 
 
-def make_datasets(table: SampleTable, data_cfg: Dict[str, Any]) -> Dict[str, DINDataset]:
-    """train / valid / test datasets; training may group samples that share a history
-    (``data.group_histories``), evaluation scores one row per sample."""
-    grouped = bool(data_cfg["group_histories"])
-    return {s: DINDataset(table, s, list(data_cfg["pooled_features"]), grouped and s == "train")
+def make_datasets(table: SampleTable, config: Dict[str, Any]) -> Dict[str, DINDataset]:
+    """train / valid / test datasets of the config's feature schema; training may group
+    samples that share a history (``data.group_histories``), evaluation scores one row per
+    sample."""
+    grouped = bool(config["data"]["group_histories"])
+    schema = FeatureSchema.from_config(config["features"])
+    return {s: DINDataset(table, s, schema, grouped and s == "train")
             for s in ("train", "valid", "test")}
 
 
@@ -124,11 +127,14 @@ def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -
                       os.path.join(output_dir, "config.yaml"))
 
 
-def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Baseline: a candidate's score is how often it was a positive in training."""
+def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray,
+                      feature: str = "item") -> np.ndarray:
+    """Baseline: a candidate's score is how often its ``feature`` id (the schema's first
+    candidate feature) was a positive in training."""
+    ids = table.candidate_column(feature)
     positives = train_rows[table.label[train_rows] > 0]
-    counts = np.bincount(table.item[positives], minlength=table.vocab["item"]).astype(np.float64)
-    return counts[table.item[rows]]
+    counts = np.bincount(ids[positives], minlength=int(ids.max(initial=0)) + 1)
+    return counts.astype(np.float64)[ids[rows]]
 
 
 def plot_curves(history: List[Dict[str, Any]], path: str) -> None:
@@ -255,7 +261,7 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
         os.makedirs(output_dir, exist_ok=True)
 
     table = backend.main_first(lambda: build_table(data_cfg, seed))
-    datasets = make_datasets(table, data_cfg)
+    datasets = make_datasets(table, config)
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
@@ -386,7 +392,8 @@ def _finish_results(results: Dict[str, Any], test: Dict[str, Any], table: Sample
     test["train_samples_per_sec"] = float(np.median(train_speeds)) if train_speeds else 0.0
     results["test"] = test
     test_rows = datasets["test"].rows
-    pop = popularity_scores(table, datasets["train"].rows, test_rows)
+    pop = popularity_scores(table, datasets["train"].rows, test_rows,
+                            datasets["test"].schema.popularity_feature())
     results["baselines"] = {"popularity": evaluate_predictions(
         torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
     atomic_write_json(results, metrics_path)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.models import DINModel, DINTrain
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
@@ -53,7 +54,8 @@ def _weight_decay(train_cfg: Dict[str, Any]) -> float:
 
 
 def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
-                     train_cfg: Dict[str, Any]) -> Optional[MiniBatchAwareL2]:
+                     train_cfg: Dict[str, Any],
+                     schema: FeatureSchema) -> Optional[MiniBatchAwareL2]:
     kind = train_cfg["regularization"]
     if kind not in ("none", "l2", "mba"):
         raise ValueError(f"train.regularization must be none, l2 or mba, got {kind!r}")
@@ -61,16 +63,20 @@ def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray
         return None
     weights: Dict[str, torch.Tensor] = {}
     features: Dict[str, List[str]] = {}
+    rows: Dict[str, int] = {}
     for name, module in model.embedding_collection.embeddings.items():
         weights[name] = module.weight
     for cfg in model.embedding_collection.embedding_configs():
         features[cfg.name] = list(cfg.feature_names)
+        rows[cfg.name] = cfg.num_embeddings
     if model.embedding_bag_collection is not None:
         for name, module in model.embedding_bag_collection.embedding_bags.items():
             weights[name] = module.weight
         for cfg in model.embedding_bag_collection.embedding_bag_configs():
             features[cfg.name] = list(cfg.feature_names)
-    return MiniBatchAwareL2(weights, features, training_frequencies(table, train_rows),
+            rows[cfg.name] = cfg.num_embeddings
+    return MiniBatchAwareL2(weights, features,
+                            training_frequencies(table, train_rows, schema, rows),
                             train_cfg["l2_lambda"])
 
 
@@ -121,7 +127,8 @@ class LocalBackend(Backend):
         self.model = build_model(table.vocab, config)
         self.train_model = DINTrain(self.model, bool(data_cfg["group_histories"]))
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
-        self.regularizer = make_regularizer(self.model, table, datasets["train"].rows, train_cfg)
+        self.regularizer = make_regularizer(self.model, table, datasets["train"].rows, train_cfg,
+                                            datasets["train"].schema)
         self.eval_loaders = {
             id(datasets[s]): make_loader(datasets[s], train_cfg["eval_batch_size"], False,
                                          int(config["seed"]), int(data_cfg["num_workers"]))

@@ -10,7 +10,7 @@ from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
 
-from torchrec_din.data.loader import HISTORY_FEATURES
+from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.distributed import (
     collection_configs,
     find_collections,
@@ -20,7 +20,8 @@ from torchrec_din.distributed import (
 )
 from torchrec_din.train.builder import build_model
 
-TABLE_KEYS = ("num_embeddings", "sharding_types", "compute_kernels", "history_mean_length")
+TABLE_KEYS = ("num_embeddings", "embedding_dim", "sharding_types", "compute_kernels",
+              "history_mean_length")
 
 
 def table_overrides(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -52,12 +53,13 @@ def constraints_for(config: Dict[str, Any], model: nn.Module, mean_history: floa
     pooling factors (``mean_history``, the training data's mean history length, or
     ``tables.<name>.history_mean_length``), then the config's per-table choices."""
     tables = table_overrides(config)
+    history = set(FeatureSchema.from_config(config["features"]).history_features())
     mean_lengths: Dict[str, float] = {}
     for collection in find_collections(model).values():
         for table in collection_configs(collection):
             length = float(tables.get(table.name, {}).get("history_mean_length", mean_history))
             for feature in table.feature_names:
-                if feature in HISTORY_FEATURES:
+                if feature in history:
                     mean_lengths[feature] = max(length, 1e-3)
     overrides = {name: ParameterConstraints(sharding_types=spec.get("sharding_types"),
                                             compute_kernels=spec.get("compute_kernels"))

@@ -8,21 +8,28 @@ from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.schema import FeatureSchema
 
 
-def training_frequencies(table: SampleTable, rows: np.ndarray, chunk: int = 50_000) -> Dict[str, np.ndarray]:
-    """How often each id occurs in the training samples, per table (candidates + histories
-    for item and cate, one per sample for user features)."""
-    item = np.bincount(table.item[rows], minlength=table.vocab["item"]).astype(np.float64)
-    cate = np.bincount(table.cate[rows], minlength=table.vocab["cate"]).astype(np.float64)
-    for start in range(0, rows.size, chunk):
-        flat, _ = table.history_positions(rows[start:start + chunk])
-        item += np.bincount(table.seq_item[flat], minlength=table.vocab["item"])
-        cate += np.bincount(table.seq_cate[flat], minlength=table.vocab["cate"])
-    out = {"item": item, "cate": cate}
+def training_frequencies(table: SampleTable, rows: np.ndarray, schema: FeatureSchema,
+                         vocab: Dict[str, int], chunk: int = 50_000) -> Dict[str, np.ndarray]:
+    """How often each id occurs in the training samples, per table of the schema (every
+    feature that looks the table up: candidates, histories, pooled user features)."""
+    out: Dict[str, np.ndarray] = {}
     users = table.user_row[rows]
-    for name, values in table.user_features.items():
-        out[name] = np.bincount(values[users], minlength=table.vocab[name]).astype(np.float64)
+    for name, features in schema.table_features().items():
+        counts = np.zeros(vocab[name], dtype=np.float64)
+        for f in features:
+            if f in schema.pooled:
+                counts += np.bincount(table.user_column(f)[users], minlength=vocab[name])
+            elif f in schema.candidate_features():
+                counts += np.bincount(table.candidate_column(f)[rows], minlength=vocab[name])
+            else:
+                column = table.history_column(f)
+                for start in range(0, rows.size, chunk):
+                    flat, _ = table.history_positions(rows[start:start + chunk])
+                    counts += np.bincount(column[flat], minlength=vocab[name])
+        out[name] = counts
     return out
 
 
