@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 
-TRAIN_EXTRA = ("yaml", "tqdm", "matplotlib")
+TRAIN_EXTRA = ("yaml", "tqdm", "matplotlib", "pyarrow")
 
 
 def _positive_int(text: str) -> int:
@@ -79,26 +79,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_plan.add_argument("--compute-device", choices=["cuda", "cpu"], default="cuda")
     p_plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="e.g. --set tables.item.num_embeddings=1000000000")
+    p_convert = sub.add_parser("convert", help="write a config's built-in data set as Parquet "
+                                               "files plus a config that trains on them")
+    p_convert.add_argument("--config", required=True)
+    p_convert.add_argument("--output", required=True, help="folder for the files and config")
+    p_convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p_convert.add_argument("--row-group-rows", type=_positive_int, default=16384)
     args = parser.parse_args(argv)
 
-    if args.command == "plan":
-        from torchrec_din.train.planning import print_plan
-        from torchrec_din.train import load_config
-        from torchrec_din.train.builder import build_table
-
-        try:
-            config = load_config(args.config, args.set)
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            print(f"error: bad config: {e}", file=sys.stderr)
-            return 2
-        try:
-            table = build_table(config["data"], int(config["seed"]))
-            print_plan(config, table.vocab, args.world_size, args.compute_device,
-                       mean_history=table.summary()["train"]["mean_history"])
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        return 0
+    if args.command in ("convert", "plan"):
+        return _table_command(args)
     if args.command in ("export", "score"):
         return _serve(args)
     if args.command == "train":
@@ -140,6 +130,39 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
               f"  -> {os.path.join(out, 'metrics.json')}")
+    return 0
+
+
+def _table_command(args: argparse.Namespace) -> int:
+    """``convert`` and ``plan``: a config's built-in data set, written as Parquet or planned."""
+    from torchrec_din.train import load_config
+    from torchrec_din.train.builder import build_table
+
+    try:
+        config = load_config(args.config, args.set)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: bad config: {e}", file=sys.stderr)
+        return 2
+    if config["data"]["dataset"] == "parquet":
+        print(f"error: {args.command} works on the built-in data sets; this config reads "
+              "Parquet", file=sys.stderr)
+        return 2
+    try:
+        table = build_table(config["data"], int(config["seed"]))
+        if args.command == "plan":
+            from torchrec_din.train.planning import print_plan
+
+            print_plan(config, table.vocab, args.world_size, args.compute_device,
+                       mean_history=table.summary()["train"]["mean_history"])
+            return 0
+        from torchrec_din.data.convert import convert
+
+        path = convert(table, config, args.output, args.row_group_rows)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"[convert] {table.summary()['train']['samples']} train samples -> {args.output}; "
+          f"train with: python -m torchrec_din train --config {path}")
     return 0
 
 

@@ -2,11 +2,8 @@
 gathered best.pt is the model that the sharded test evaluation scored."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -104,7 +101,7 @@ KILL = ["data.synthetic.num_users=1500", "data.synthetic.samples_per_user=20",
         "train.checkpoint_every=5", "model.dropout=0.2"]
 
 
-def test_sharded_sigterm_mid_epoch_resumes_exactly(tmp_path) -> None:
+def test_sharded_sigterm_mid_epoch_resumes_exactly(tmp_path, sigterm_once_written) -> None:
     """The shared engine gives torchrun runs the single-process crash story: SIGTERM (sent
     to torchrun, which forwards it) makes every rank agree to stop at the same step, write
     a mid-epoch DCP checkpoint and exit; --resume then matches an uninterrupted run."""
@@ -118,15 +115,9 @@ def test_sharded_sigterm_mid_epoch_resumes_exactly(tmp_path) -> None:
             "--output-dir", str(out)]
     for s in SETS + [f"data.cache_dir={cache}"] + KILL:
         args += ["--set", s]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     meta = out / "last_dcp" / "meta.pt"
-    deadline = time.time() + 300
-    while not meta.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=300)[0].decode()
-    assert proc.returncode != 0, output
+    code, output = sigterm_once_written(args, meta)
+    assert code != 0, output
     assert "progress saved to" in output and "--resume" in output, output[-4000:]
     saved = load_checkpoint(str(meta))
     # Stopped mid-epoch (94 steps an epoch; the signal comes right after step 5's save).
@@ -152,3 +143,36 @@ def test_sharded_mba_is_refused_with_the_reason(tmp_path) -> None:
     assert "train.regularization=mba is not available with sharded tables" in proc.stderr
     assert "fused optimizer" in proc.stderr
     assert not (tmp_path / "mba" / "config.yaml").exists()  # refused before writing anything
+
+
+def test_two_rank_training_streams_parquet(tmp_path) -> None:
+    """torchrun on Parquet: each rank streams its own part of train (and of valid / test for
+    evaluation); the gathered metrics equal one process scoring the gathered best.pt."""
+    from torchrec_din.cli import main as cli_main
+    from torchrec_din.data.parquet import ParquetSource
+
+    sets = [a for s in SETS + [f"data.cache_dir={tmp_path / 'cache'}"] for a in ("--set", s)]
+    assert cli_main(["convert", "--config", "configs/synthetic_din.yaml", "--output",
+                     str(tmp_path / "pq"), "--row-group-rows", "300", *sets]) == 0
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+           "torchrec_din", "train", "--config", str(tmp_path / "pq" / "config.yaml"),
+           "--output-dir", str(out), "--set", "train.progress=false", "--set", "train.epochs=1",
+           "--set", "data.num_workers=2"]
+    _ok(subprocess.run(cmd, capture_output=True, text=True, timeout=600))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+
+    model, state = load_trained(str(out))
+    cfg = state["config"]
+    source = ParquetSource(cfg["data"], FeatureSchema.from_config(cfg["features"]),
+                           {t: v["num_embeddings"] for t, v in cfg["tables"].items()})
+    test = source.datasets({"train": 128, "valid": 512, "test": 512}, 0, 0, 1)["test"]
+    import torch
+
+    logits, labels, _ = predict(model, torch.utils.data.DataLoader(
+        test, batch_size=None, collate_fn=lambda b: b))
+    single = evaluate_predictions(logits, labels, test.user_ids())
+    assert metrics["test"]["samples"] == single["samples"] == source.splits["test"].num_rows
+    assert single["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-5)
+    assert single["gauc"] == pytest.approx(metrics["test"]["gauc"], abs=1e-5)

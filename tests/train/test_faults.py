@@ -1,9 +1,7 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -27,22 +25,17 @@ def _args(out, cache, extra=()):
     return args
 
 
-def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path) -> None:
+def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path,
+                                                             sigterm_once_written) -> None:
     cache = tmp_path / "cache"
     assert main(_args(tmp_path / "full", cache)) == 0
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
 
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "torchrec_din", *_args(out, cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     last = out / "last.pt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=120)[0].decode()
-    assert proc.returncode == 128 + signal.SIGTERM, output
+    code, output = sigterm_once_written(
+        [sys.executable, "-m", "torchrec_din", *_args(out, cache)], last)
+    assert code == 128 + signal.SIGTERM, output
     assert "progress saved" in output and "--resume" in output
     ckpt = load_checkpoint(str(last))
     assert (ckpt["epoch"], ckpt["batch"]) < (3, 0), "the run was interrupted before its end"

@@ -66,6 +66,10 @@ class DINDataset(Dataset):
             return int(self.group_offsets.size - 1)
         return int(self.rows.size)
 
+    def labels(self) -> np.ndarray:
+        """The label of each row of this split, in order."""
+        return self.table.label[self.rows]
+
     def user_ids(self) -> np.ndarray:
         """The user of each row of this split, in order (the GAUC groups)."""
         return self.table.user_row[self.rows]

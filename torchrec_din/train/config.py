@@ -16,7 +16,7 @@ DEFAULTS: Dict[str, Any] = {
     # Per-table overrides for sharding: {name: {num_embeddings, sharding_types, compute_kernels}}
     "tables": {},
     "data": {
-        "dataset": "movielens-100k",  # movielens-100k | amazon-electronics | synthetic
+        "dataset": "movielens-100k",  # movielens-100k | amazon-electronics | synthetic | parquet
         "protocol": "next_item",      # next_item | rating
         "genre": "first",             # MovieLens multi-genre movies: first | combination
         "valid_per_user": 5,
@@ -32,6 +32,9 @@ DEFAULTS: Dict[str, Any] = {
         # positive and its negative) become one history with K candidates, looked up once.
         # batch_size then counts histories.
         "group_histories": False,
+        # dataset: parquet. File globs (or lists of them) per split; buffer_rows bounds the
+        # rows in memory per DataLoader worker (the shuffle window).
+        "parquet": {"train": [], "valid": [], "test": [], "buffer_rows": 65536},
         "synthetic": {
             "num_users": 2000,
             "num_items": 5000,
@@ -94,7 +97,8 @@ NULLABLE: Dict[str, type] = {
 # Lower bounds checked at load (inclusive), before any data is built.
 MINIMUM: Dict[str, float] = {
     "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,
-    "data.num_workers": 0, "data.synthetic.num_users": 1, "data.synthetic.num_items": 1,
+    "data.num_workers": 0, "data.parquet.buffer_rows": 1, "data.synthetic.num_users": 1,
+    "data.synthetic.num_items": 1,
     "data.synthetic.num_cates": 1, "data.synthetic.samples_per_user": 1,
     "data.synthetic.mean_length": 0, "data.synthetic.max_length": 1,
     "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,

@@ -39,7 +39,7 @@ from torchrec_din.distributed import (
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
-from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.engine import Backend, make_data_loader, run_training
 from torchrec_din.train.loop import apply_train_config, make_optimizer
 from torchrec_din.train.planning import constraints_for, embedding_optimizer
 
@@ -172,6 +172,8 @@ class ShardedBackend(Backend):
     def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
         """Every rank scores a contiguous part; rank 0 gets all logits."""
+        if not isinstance(dataset, DINDataset):  # streaming: the dataset is this rank's part
+            return self._predict_stream(dataset)
         parts = np.array_split(np.arange(len(dataset)), self.world)
         num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
         mine = parts[self.rank]
@@ -189,6 +191,19 @@ class ShardedBackend(Backend):
         elapsed = time.perf_counter() - start
         local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         gathered = self.gather(local)
+        self.dmp.train()
+        return (np.concatenate(gathered) if self.main else None), elapsed
+
+    def _predict_stream(self, dataset: Any) -> Tuple[Optional[np.ndarray], float]:
+        logits: List[np.ndarray] = []
+        start = time.perf_counter()
+        self.dmp.eval()
+        with torch.no_grad():  # every rank has the same number of batches
+            for batch in make_data_loader(dataset, 0, False, 0, 0):
+                _, (_, out, _) = self.dmp(batch.to(self.device))
+                logits.append(out.cpu().numpy())
+        elapsed = time.perf_counter() - start
+        gathered = self.gather(np.concatenate(logits) if logits else np.zeros(0, np.float32))
         self.dmp.train()
         return (np.concatenate(gathered) if self.main else None), elapsed
 

@@ -17,9 +17,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.data.loader import _identity, DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.metrics import evaluate_predictions
@@ -118,6 +119,52 @@ def make_datasets(table: SampleTable, config: Dict[str, Any]) -> Dict[str, DINDa
             for s in ("train", "valid", "test")}
 
 
+def load_data(config: Dict[str, Any], backend: "Backend") -> Tuple[Any, Dict[str, Any]]:
+    """The data source (a built-in SampleTable or a ParquetSource) and the train / valid /
+    test datasets of this rank."""
+    data_cfg, train_cfg = config["data"], config["train"]
+    seed = int(config["seed"])
+    if data_cfg["dataset"] != "parquet":
+        table = backend.main_first(lambda: build_table(data_cfg, seed))
+        return table, make_datasets(table, config)
+    from torchrec_din.data.parquet import ParquetSource
+
+    if data_cfg["group_histories"]:
+        raise ValueError("data.group_histories groups a built-in data set's samples by user "
+                         "and history; Parquet input has one sample per row")
+    schema = FeatureSchema.from_config(config["features"])
+    vocab: Dict[str, int] = {}
+    for t in schema.table_features():
+        n = (config.get("tables", {}).get(t) or {}).get("num_embeddings")
+        if not n:
+            raise ValueError(f"Parquet input: set tables.{t}.num_embeddings (the number of "
+                             f"ids of table {t!r}; ids must be in [0, num_embeddings))")
+        vocab[t] = int(n)
+    source = ParquetSource(data_cfg, schema, vocab)
+    sizes = {"train": int(train_cfg["batch_size"]), "valid": int(train_cfg["eval_batch_size"]),
+             "test": int(train_cfg["eval_batch_size"])}
+    return source, source.datasets(sizes, seed, backend.rank, backend.world)
+
+
+def make_data_loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int,
+                     rank: int = 0, world: int = 1) -> DataLoader:
+    """A DataLoader of DINBatch over an in-memory DINDataset (batched by an epoch sampler)
+    or a streaming ParquetDataset (which batches and splits itself)."""
+    if isinstance(dataset, DINDataset):
+        return make_loader(dataset, batch_size, shuffle, seed, workers, rank, world)
+    # Not persistent: each epoch's workers get the dataset as set_epoch left it. Its own
+    # generator: otherwise starting workers draws from the global RNG, and a resumed run's
+    # dropout masks would differ from an uninterrupted run's.
+    return DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Select the epoch's order on the loader's sampler or streaming dataset."""
+    target = loader.dataset if hasattr(loader.dataset, "set_epoch") else loader.sampler
+    target.set_epoch(epoch, skip_batches=skip_batches)
+
+
 def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -> None:
     """Once config and data are checked: clear a replaced run (``--overwrite``) and write the
     resolved config.yaml. Nothing in the run folder changes before this."""
@@ -188,8 +235,7 @@ def evaluate_split(backend: Backend, dataset: DINDataset, batch_size: int, progr
     logits, elapsed = backend.predict(dataset, batch_size, progress, desc)
     if logits is None:
         return None
-    out = evaluate_predictions(torch.as_tensor(logits), dataset.table.label[dataset.rows],
-                               dataset.user_ids())
+    out = evaluate_predictions(torch.as_tensor(logits), dataset.labels(), dataset.user_ids())
     out["samples_per_sec"] = len(dataset) / max(elapsed, 1e-9)
     return out
 
@@ -260,14 +306,13 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
     if main:
         os.makedirs(output_dir, exist_ok=True)
 
-    table = backend.main_first(lambda: build_table(data_cfg, seed))
-    datasets = make_datasets(table, config)
+    table, datasets = load_data(config, backend)
     for split, ds in datasets.items():
         if len(ds) == 0:
             raise ValueError(f"the {split} split is empty; check data.valid_per_user / "
                              "data.test_per_user")
-    loader = make_loader(datasets["train"], train_cfg["batch_size"], True, seed,
-                         int(data_cfg["num_workers"]), backend.rank, backend.world)
+    loader = make_data_loader(datasets["train"], train_cfg["batch_size"], True, seed,
+                              int(data_cfg["num_workers"]), backend.rank, backend.world)
     backend.setup(config, table, datasets, output_dir)
     if main:
         start_run_record(output_dir, config, overwrite)
@@ -309,8 +354,8 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
             skip = start_batch if epoch == start_epoch else 0
             if skip == 0:
                 totals = _zero_totals()
-            loader.sampler.set_epoch(epoch, skip_batches=skip)
-            bar = tqdm(total=skip + len(loader.sampler), initial=skip, desc=f"epoch {epoch}",
+            set_epoch(loader, epoch, skip)
+            bar = tqdm(total=skip + len(loader), initial=skip, desc=f"epoch {epoch}",
                        disable=not progress, mininterval=1.0, unit="batch")
             start = time.perf_counter() - totals["elapsed"]
             step = skip
@@ -377,7 +422,9 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
 def _print_data(table: SampleTable, data_cfg: Dict[str, Any]) -> None:
     meta, summary = table.meta, table.summary()
     print(f"[data] {meta.get('dataset', data_cfg['dataset'])} protocol={meta.get('protocol')}: "
-          + ", ".join(f"{k} {v['samples']} samples / {v['users']} users" for k, v in summary.items()))
+          + ", ".join(f"{k} {v['samples']} samples"
+                      + (f" / {v['users']} users" if "users" in v else "")
+                      for k, v in summary.items()))
     if meta.get("behaviours_cut"):
         print(f"[data] max_history={meta['max_history']}: {meta['histories_truncated']} histories "
               f"truncated, {meta['behaviours_cut']} oldest behaviours cut")
@@ -385,17 +432,20 @@ def _print_data(table: SampleTable, data_cfg: Dict[str, Any]) -> None:
         print(f"[data] skipped malformed lines: {meta['skipped_lines']}")
 
 
-def _finish_results(results: Dict[str, Any], test: Dict[str, Any], table: SampleTable,
+def _finish_results(results: Dict[str, Any], test: Dict[str, Any], table: Any,
                     datasets: Dict[str, DINDataset], train_speeds: List[float],
                     metrics_path: str, note: str) -> None:
     """Add the test figures and the popularity baseline, write metrics.json, print a summary."""
     test["train_samples_per_sec"] = float(np.median(train_speeds)) if train_speeds else 0.0
     results["test"] = test
-    test_rows = datasets["test"].rows
-    pop = popularity_scores(table, datasets["train"].rows, test_rows,
-                            datasets["test"].schema.popularity_feature())
+    test_ds = datasets["test"]
+    if isinstance(table, SampleTable):
+        pop = popularity_scores(table, datasets["train"].rows, test_ds.rows,
+                                test_ds.schema.popularity_feature())
+    else:
+        pop = table.popularity_scores()
     results["baselines"] = {"popularity": evaluate_predictions(
-        torch.as_tensor(pop), table.label[test_rows], table.user_row[test_rows])}
+        torch.as_tensor(pop), test_ds.labels(), test_ds.user_ids())}
     atomic_write_json(results, metrics_path)
     print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
           f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "

@@ -10,9 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from torchrec_din.data.loader import DINDataset, make_loader
+from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.samples import SampleTable
-from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.models import DINModel, DINTrain
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
@@ -20,6 +19,7 @@ from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers 
     Backend,
     TrainingInterrupted,
     early_stop,
+    make_data_loader,
     make_datasets,
     plot_curves,
     run_training,
@@ -53,9 +53,10 @@ def _weight_decay(train_cfg: Dict[str, Any]) -> float:
     return train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
 
 
-def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray,
-                     train_cfg: Dict[str, Any],
-                     schema: FeatureSchema) -> Optional[MiniBatchAwareL2]:
+def make_regularizer(model: DINModel, source: Any, train: Any,
+                     train_cfg: Dict[str, Any]) -> Optional[MiniBatchAwareL2]:
+    """The MBA regulariser when ``train.regularization=mba`` (None otherwise), with id
+    frequencies counted over the training split (in memory, or streamed from Parquet)."""
     kind = train_cfg["regularization"]
     if kind not in ("none", "l2", "mba"):
         raise ValueError(f"train.regularization must be none, l2 or mba, got {kind!r}")
@@ -75,9 +76,13 @@ def make_regularizer(model: DINModel, table: SampleTable, train_rows: np.ndarray
         for cfg in model.embedding_bag_collection.embedding_bag_configs():
             features[cfg.name] = list(cfg.feature_names)
             rows[cfg.name] = cfg.num_embeddings
-    return MiniBatchAwareL2(weights, features,
-                            training_frequencies(table, train_rows, schema, rows),
-                            train_cfg["l2_lambda"])
+    if isinstance(source, SampleTable):
+        frequencies = training_frequencies(source, train.rows, train.schema, rows)
+    else:  # Parquet: one streamed pass over the id columns
+        by_feature = {f: rows[t] for t, fs in features.items() for f in fs}
+        counts = source.count_ids("train", list(by_feature), by_feature)
+        frequencies = {t: sum(counts[f] for f in fs) for t, fs in features.items()}
+    return MiniBatchAwareL2(weights, features, frequencies, train_cfg["l2_lambda"])
 
 
 @torch.no_grad()
@@ -124,14 +129,13 @@ class LocalBackend(Backend):
         train_cfg, data_cfg = config["train"], config["data"]
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last.pt")
-        self.model = build_model(table.vocab, config)
+        self.model = build_model(table.vocab, config)  # table: SampleTable or ParquetSource
         self.train_model = DINTrain(self.model, bool(data_cfg["group_histories"]))
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
-        self.regularizer = make_regularizer(self.model, table, datasets["train"].rows, train_cfg,
-                                            datasets["train"].schema)
+        self.regularizer = make_regularizer(self.model, table, datasets["train"], train_cfg)
         self.eval_loaders = {
-            id(datasets[s]): make_loader(datasets[s], train_cfg["eval_batch_size"], False,
-                                         int(config["seed"]), int(data_cfg["num_workers"]))
+            id(datasets[s]): make_data_loader(datasets[s], train_cfg["eval_batch_size"], False,
+                                              int(config["seed"]), int(data_cfg["num_workers"]))
             for s in ("valid", "test")}
 
     def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
@@ -153,7 +157,8 @@ class LocalBackend(Backend):
 
     def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
-        loader = self.eval_loaders.get(id(dataset)) or make_loader(dataset, batch_size, False)
+        loader = self.eval_loaders.get(id(dataset)) or make_data_loader(dataset, batch_size,
+                                                                        False, 0, 0)
         start = time.perf_counter()
         logits, _, _ = predict(self.model, loader, progress, desc)
         return logits, time.perf_counter() - start

@@ -1,0 +1,162 @@
+"""Parquet input: exactly-once streaming over ranks and workers, exact resume, bad data named
+by file / row group / row / column, and the converter's round trip."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from torchrec_din.cli import main
+from torchrec_din.data.loader import _identity
+from torchrec_din.data.parquet import ParquetDataError, ParquetDataset, ParquetSplit
+from torchrec_din.data.schema import FeatureSchema
+
+SCHEMA = FeatureSchema.from_config({
+    "label": "label", "group_by": "user",
+    "groups": [{"name": "clicks", "candidate": ["item", "cate"],
+                "history": ["click_item", "click_cate"]},
+               {"name": "buys", "candidate": ["item"], "history": ["buy_item"]}],
+    "pooled": ["user", "tags"], "dense": ["price"]})
+VOCAB = {"item": 5000, "cate": 20, "user": 100, "tags": 30}
+
+
+def _write(path, n, start=0, row_group=37, seed=0, **bad):
+    """n samples whose candidate item is its global row number (start + i)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, 6, n)
+    buys = rng.integers(0, 3, n)
+    tags = rng.integers(1, 4, n)
+
+    def lists(lens, high):
+        return [rng.integers(0, high, k).tolist() for k in lens]
+
+    clicks = lists(lengths, 5000)
+    data = {
+        "item": np.arange(start, start + n, dtype=np.int64),
+        "cate": rng.integers(0, 20, n), "click_item": clicks,
+        "click_cate": [[v % 20 for v in c] for c in clicks], "buy_item": lists(buys, 5000),
+        "user": rng.integers(0, 100, n), "tags": lists(tags, 30),
+        "price": rng.random(n).astype(np.float32), "label": rng.integers(0, 2, n),
+    }
+    data.update(bad)
+    pq.write_table(pa.table(data), path, row_group_size=row_group)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pq")
+    sizes = [301, 0, 455, 77]  # an empty row-group-free file is refused, so 0 means skip
+    start = 0
+    for i, n in enumerate(sizes):
+        if n:
+            _write(d / f"part-{i}.parquet", n, start, seed=i)
+            start += n
+    return d, start
+
+
+def _items(dataset, workers):
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity)
+    return [b.sequence_features["item"].values().tolist() for b in loader]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_sample_exactly_once_per_epoch(files, world, workers) -> None:
+    d, total = files
+    split = ParquetSplit([str(d / "*.parquet")], SCHEMA, "train")
+    assert split.num_rows == total
+    for epoch in (0, 1):
+        seen, counts = [], []
+        for rank in range(world):
+            ds = ParquetDataset(split, VOCAB, 32, True, seed=3, buffer_rows=100, rank=rank,
+                                world_size=world)
+            ds.set_epoch(epoch)
+            batches = _items(ds, workers)
+            counts.append(len(batches))
+            assert len(batches) == len(ds)
+            seen += [i for b in batches for i in b]
+        assert sorted(seen) == list(range(total))  # nothing lost, nothing twice
+        assert len(set(counts)) == 1  # every rank the same number of batches
+        assert seen != list(range(total))  # shuffled
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_continues_the_same_order(files, workers) -> None:
+    d, _ = files
+    split = ParquetSplit([str(d / "*.parquet")], SCHEMA, "train")
+    ds = ParquetDataset(split, VOCAB, 16, True, seed=5, buffer_rows=64)
+    ds.set_epoch(2)
+    full = _items(ds, workers)
+    for skip in (1, 7, len(full) - 1):
+        ds.set_epoch(2, skip_batches=skip)
+        assert _items(ds, workers) == full[skip:]
+    ds.set_epoch(3)
+    assert _items(ds, workers) != full  # another epoch, another order
+
+
+def test_batches_carry_the_schema(files) -> None:
+    d, _ = files
+    split = ParquetSplit([str(d / "part-0.parquet")], SCHEMA, "valid")
+    ds = ParquetDataset(split, VOCAB, 50, False)
+    batch = next(iter(ds))
+    table = pq.read_table(d / "part-0.parquet").slice(0, 50).to_pydict()
+    seq = batch.sequence_features
+    assert seq.keys() == ["item", "cate", "click_item", "click_cate", "buy_item"]
+    assert seq["click_item"].values().tolist() == sum(table["click_item"], [])
+    assert seq["buy_item"].lengths().tolist() == [len(v) for v in table["buy_item"]]
+    assert batch.pooled_features["tags"].values().tolist() == sum(table["tags"], [])
+    assert batch.pooled_features["user"].values().tolist() == table["user"]
+    torch.testing.assert_close(batch.dense_features[:, 0], torch.tensor(table["price"]))
+    assert batch.labels.tolist() == [float(v) for v in table["label"]]
+
+
+BAD = [
+    (dict(item=None), "missing column 'item'"),
+    (dict(cate=np.zeros(50, np.float32)), "column 'cate' is float, expected int"),
+    (dict(click_item=[[1, None]] + [[1, 2]] * 49), "row group 0, row 0 (row 0 of the file), "
+                                                   "column 'click_item': null inside the list"),
+    (dict(item=np.r_[np.arange(45), 5000, np.arange(4)]),
+     "row group 1, row 5 (row 45 of the file), column 'item': id 5000 is outside table 'item'"),
+    (dict(tags=[[1]] * 12 + [[3, -2]] + [[1]] * 37),
+     "row group 0, row 12 (row 12 of the file), column 'tags': id -2 is outside table 'tags'"),
+    (dict(label=np.r_[np.zeros(44, np.int64), 2, np.zeros(5, np.int64)]),
+     "row group 1, row 4 (row 44 of the file), column 'label': label 2.0, expected 0 or 1"),
+    (dict(click_cate=[[1]] * 50), "column 'click_cate': 1 behaviours, but 'click_item' has"),
+    (dict(price=np.r_[np.ones(3), np.nan, np.ones(46)].astype(np.float32)),
+     "row group 0, row 3 (row 3 of the file), column 'price': non-finite value nan"),
+    (dict(label=np.array(["yes"] * 50)), "column 'label' is string, expected int or float"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD)
+def test_bad_data_names_file_row_group_row_and_column(tmp_path, bad, message) -> None:
+    path = tmp_path / "bad.parquet"
+    if bad.get("item", 0) is None:
+        _write(path, 50, row_group=40)
+        t = pq.read_table(path).drop_columns(["item"])
+        pq.write_table(t, path, row_group_size=40)
+    else:
+        _write(path, 50, row_group=40, **bad)
+    with pytest.raises(ParquetDataError) as e:
+        split = ParquetSplit([str(path)], SCHEMA, "train")
+        for _ in ParquetDataset(split, VOCAB, 8, False):
+            pass
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_empty_file_and_missing_files_are_named(tmp_path) -> None:
+    empty = tmp_path / "empty.parquet"
+    _write(empty, 5)
+    pq.write_table(pq.read_table(empty).slice(0, 0), empty)
+    with pytest.raises(ParquetDataError, match="empty.parquet: the file has no rows"):
+        ParquetSplit([str(empty)], SCHEMA, "train")
+    with pytest.raises(ParquetDataError, match="train split: no file matches"):
+        ParquetSplit([str(tmp_path / "nope-*.parquet")], SCHEMA, "train")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ParquetDataError, match="junk.parquet: not a readable Parquet file"):
+        ParquetSplit([str(tmp_path / "junk.parquet")], SCHEMA, "train")

@@ -1,0 +1,476 @@
+"""Parquet input, streamed: one row per sample, read row group by row group.
+
+Columns (named by the feature schema): candidate features are integer columns, history
+features list<integer> columns (the behaviours, oldest first; the history columns of a group
+have equal lengths per row), pooled features integer or list<integer> (multi-hot) columns,
+dense features float columns, the label 0/1, and the ``group_by`` column (GAUC groups).
+
+The data set is never held in memory: an epoch reads a bounded window of rows at a time
+(``buffer_rows``, a seeded shuffle buffer), so memory stays flat however large the files
+are. Split of the work, exactly once per epoch:
+
+* the row groups of all files, in a seeded order per epoch (shuffle) or file order;
+* that row sequence cut into ``world`` contiguous parts, one per rank;
+* a rank's part cut into windows of ``buffer_rows`` rows; window ``w`` goes to DataLoader
+  worker ``w % num_workers``, which shuffles it (seed, epoch, rank, window) and cuts it into
+  batches. The DataLoader takes batches from its workers in turn, so the order is fixed
+  for a given ``num_workers`` and a run resumed mid-epoch skips exactly the batches it
+  already trained on.
+
+Every rank yields the same number of batches (collective training needs it): where a
+rank's part is one row shorter and that would drop a batch, its last batch is split in two.
+"""
+
+import glob
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_din.data.batch import DINBatch
+from torchrec_din.data.schema import FeatureSchema
+
+
+class ParquetDataError(ValueError):
+    """Bad Parquet input; the message names the file, row group, row and column."""
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One row group: file, index in the file, rows, first row's position in the file."""
+
+    file: str
+    group: int
+    rows: int
+    first_row: int
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type):
+        return "list<int>"
+    return str(t)
+
+
+class ParquetSplit:
+    """The files of one split (a glob pattern or a list of patterns), from metadata only.
+
+    Checks every file's columns against the schema before any training starts: present, of
+    the right type, at least one row.
+
+    Args:
+        patterns (Sequence[str]): glob patterns (sorted matches, in order).
+        schema (FeatureSchema): the features.
+        name (str): the split, for messages.
+    """
+
+    def __init__(self, patterns: Sequence[str], schema: FeatureSchema, name: str) -> None:
+        self.schema, self.name = schema, name
+        self.files: List[str] = []
+        for p in patterns:
+            matches = sorted(glob.glob(os.path.expanduser(p)))
+            if not matches:
+                raise ParquetDataError(f"{name} split: no file matches {p!r}")
+            self.files += matches
+        want: Dict[str, Tuple[str, ...]] = {}
+        for c in schema.candidate_features():
+            want[c] = ("int",)
+        for h in schema.history_features():
+            want[h] = ("list<int>",)
+        for p in schema.pooled:
+            want[p] = ("int", "list<int>")
+        for d in schema.dense:
+            want[d] = ("float", "int")
+        want[schema.label] = ("int", "float", "bool")
+        want.setdefault(schema.group_by, ("int",))
+        self.kinds: Dict[str, str] = {}
+        self.units: List[_Unit] = []
+        for path in self.files:
+            try:
+                meta = pq.ParquetFile(path)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise ParquetDataError(f"{path}: not a readable Parquet file ({e})") from None
+            arrow = meta.schema_arrow
+            for column, kinds in want.items():
+                if column not in arrow.names:
+                    raise ParquetDataError(
+                        f"{path}: missing column {column!r} (the schema needs {sorted(want)}; "
+                        f"the file has {arrow.names})")
+                kind = _kind(arrow.field(column).type)
+                if kind not in kinds:
+                    raise ParquetDataError(
+                        f"{path}: column {column!r} is {arrow.field(column).type}, expected "
+                        f"{' or '.join(kinds)}")
+                self.kinds[column] = kind
+            if meta.metadata.num_rows == 0:
+                raise ParquetDataError(f"{path}: the file has no rows")
+            first = 0
+            for g in range(meta.metadata.num_row_groups):
+                rows = meta.metadata.row_group(g).num_rows
+                if rows:
+                    self.units.append(_Unit(path, g, rows, first))
+                first += rows
+        self.num_rows = sum(u.rows for u in self.units)
+        self.columns = list(want)
+
+    def read(self, unit: _Unit, columns: Optional[List[str]] = None) -> pa.Table:
+        return pq.ParquetFile(unit.file).read_row_group(unit.group,
+                                                        columns=columns or self.columns)
+
+    def column(self, name: str) -> np.ndarray:
+        """One scalar column of the whole split in file order, read row group by row group."""
+        parts = [self.read(u, [name]).column(name).to_numpy() for u in self.units]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _flat(column: pa.ChunkedArray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(values, offsets) of a list column, (values, None) of a scalar one."""
+    arr = column.combine_chunks()
+    if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        offsets = arr.offsets.to_numpy().astype(np.int64)
+        values = arr.values.to_numpy(zero_copy_only=False)
+        return values[offsets[0]:offsets[-1]], offsets - offsets[0]
+    return arr.to_numpy(zero_copy_only=False), None
+
+
+class _Window:
+    """Rows of a window as numpy columns, with where each row came from (for errors)."""
+
+    def __init__(self, split: ParquetSplit, pieces: List[Tuple[_Unit, int, int]],
+                 vocab: Dict[str, int], cache: Dict[str, Any]) -> None:
+        tables, origin_unit, origin_row = [], [], []
+        for unit, start, end in pieces:
+            key = (unit.file, unit.group)
+            if cache.get("key") != key:  # consecutive windows often share a row group
+                cache["key"], cache["table"] = key, split.read(unit)
+            tables.append(cache["table"].slice(start, end - start))
+            origin_unit.append(np.full(end - start, len(origin_unit), np.int64))
+            origin_row.append(np.arange(start, end, dtype=np.int64))
+        self.pieces = pieces
+        self.unit_of = np.concatenate(origin_unit)
+        self.row_of = np.concatenate(origin_row)
+        table = pa.concat_tables(tables)
+        self.split = split
+        self.columns: Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
+        for name in split.columns:
+            column = table.column(name)
+            self._check_nulls(name, column)
+            self.columns[name] = _flat(column)
+        self._check_values(vocab)
+
+    def where(self, i: int, column: str) -> str:
+        unit = self.pieces[int(self.unit_of[i])][0]
+        row = int(self.row_of[i])
+        return (f"{unit.file}: row group {unit.group}, row {row} (row {unit.first_row + row} "
+                f"of the file), column {column!r}")
+
+    def _row_of_value(self, column: str, value_index: int) -> int:
+        offsets = self.columns[column][1]
+        if offsets is None:
+            return value_index
+        return int(np.searchsorted(offsets, value_index, side="right") - 1)
+
+    def _check_nulls(self, name: str, column: pa.ChunkedArray) -> None:
+        arr = column.combine_chunks()
+        if arr.null_count:
+            i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ParquetDataError(f"{self.where(i, name)}: null value")
+        if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+            if arr.values.null_count:
+                v = int(np.flatnonzero(arr.values.is_null().to_numpy(zero_copy_only=False))[0])
+                offsets = arr.offsets.to_numpy()
+                i = int(np.searchsorted(offsets, v, side="right") - 1)
+                raise ParquetDataError(f"{self.where(i, name)}: null inside the list")
+
+    def _check_values(self, vocab: Dict[str, int]) -> None:
+        schema = self.split.schema
+        table_of = {f: t for t, fs in schema.table_features().items() for f in fs}
+        for feature, table in table_of.items():
+            values, _ = self.columns[feature]
+            if values.size == 0:
+                continue
+            bad = (values < 0) | (values >= vocab[table])
+            if bad.any():
+                v = int(np.flatnonzero(bad)[0])
+                i = self._row_of_value(feature, v)
+                raise ParquetDataError(
+                    f"{self.where(i, feature)}: id {int(values[v])} is outside table "
+                    f"{table!r} [0, {vocab[table]}) (tables.{table}.num_embeddings)")
+        label = self.columns[schema.label][0].astype(np.float64)
+        bad = (label != 0) & (label != 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ParquetDataError(f"{self.where(i, schema.label)}: label {float(label[i])}, "
+                                   "expected 0 or 1")
+        for d in schema.dense:
+            values = self.columns[d][0].astype(np.float64)
+            if not np.isfinite(values).all():
+                i = int(np.flatnonzero(~np.isfinite(values))[0])
+                raise ParquetDataError(f"{self.where(i, d)}: non-finite value {float(values[i])}")
+        for g in schema.groups:
+            first = self.columns[g.history[0]][1]
+            for h in g.history[1:]:
+                lengths = np.diff(self.columns[h][1])
+                bad = lengths != np.diff(first)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise ParquetDataError(
+                        f"{self.where(i, h)}: {int(lengths[i])} behaviours, but "
+                        f"{g.history[0]!r} has {int(np.diff(first)[i])} (group {g.name!r} "
+                        "pairs them one to one)")
+
+    def __len__(self) -> int:
+        return int(self.row_of.size)
+
+    def batch(self, rows: np.ndarray, schema: FeatureSchema) -> DINBatch:
+        """The DINBatch of window rows ``rows`` (no padding: jagged gathers)."""
+        b = rows.size
+        ones = np.ones(b, np.int64)
+        seq_values, seq_lengths = [], []
+        for c in schema.candidate_features():
+            seq_values.append(self.columns[c][0][rows].astype(np.int64))
+            seq_lengths.append(ones)
+        for h in schema.history_features():
+            v, l = _gather(*self.columns[h], rows)
+            seq_values.append(v)
+            seq_lengths.append(l)
+        sequence = KeyedJaggedTensor(
+            keys=schema.sequence_features(),
+            values=torch.from_numpy(np.concatenate(seq_values)),
+            lengths=torch.from_numpy(np.concatenate(seq_lengths)))
+        pooled = None
+        if schema.pooled:
+            values, lengths = [], []
+            for p in schema.pooled:
+                v, offsets = self.columns[p]
+                if offsets is None:
+                    values.append(v[rows].astype(np.int64))
+                    lengths.append(ones)
+                else:
+                    gv, gl = _gather(v, offsets, rows)
+                    values.append(gv)
+                    lengths.append(gl)
+            pooled = KeyedJaggedTensor(keys=list(schema.pooled),
+                                       values=torch.from_numpy(np.concatenate(values)),
+                                       lengths=torch.from_numpy(np.concatenate(lengths)))
+        dense = (np.stack([self.columns[d][0][rows] for d in schema.dense], 1)
+                 if schema.dense else np.zeros((b, 0)))
+        return DINBatch(
+            sequence_features=sequence, pooled_features=pooled,
+            dense_features=torch.from_numpy(dense.astype(np.float32)),
+            labels=torch.from_numpy(self.columns[schema.label][0][rows].astype(np.float32)))
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray,
+            rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Jagged rows ``rows`` of (values, offsets): their values back to back and lengths."""
+    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+    total = int(lengths.sum())
+    base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return values[base + np.arange(total, dtype=np.int64)].astype(np.int64), lengths
+
+
+class ParquetDataset(IterableDataset):
+    """Streams DINBatch from a ParquetSplit; ``set_epoch`` picks the epoch (and a position
+    to resume from). See the module docstring for how the work is split.
+
+    Args:
+        split (ParquetSplit): the files.
+        vocab (Dict[str, int]): rows of every table (ids are checked against them).
+        batch_size (int): samples per batch.
+        shuffle (bool): shuffle row groups and rows within each window.
+        seed (int): base seed.
+        buffer_rows (int): rows per shuffle window (memory bound), rounded up to a multiple
+            of ``batch_size``.
+        rank (int): this rank.
+        world_size (int): ranks.
+
+    Example::
+
+        split = ParquetSplit(["data/train-*.parquet"], schema, "train")
+        ds = ParquetDataset(split, vocab, 1024, shuffle=True)
+        loader = DataLoader(ds, batch_size=None, num_workers=2)
+    """
+
+    def __init__(self, split: ParquetSplit, vocab: Dict[str, int], batch_size: int,
+                 shuffle: bool, seed: int = 0, buffer_rows: int = 65536, rank: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__()
+        if batch_size < 2 and world_size > 1:
+            raise ValueError("Parquet input on several ranks needs batch_size >= 2")
+        self.split, self.schema, self.vocab = split, split.schema, vocab
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.window = max(1, math.ceil(buffer_rows / batch_size)) * batch_size
+        self.rank, self.world = rank, world_size
+        self.epoch, self.skip = 0, 0
+        total = split.num_rows
+        if total < world_size:
+            raise ParquetDataError(f"{split.name} split: {total} rows for {world_size} ranks")
+        self.part = (total * rank // world_size, total * (rank + 1) // world_size)
+        self.num_batches = math.ceil(math.ceil(total / world_size) / batch_size)
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return self.num_batches - self.skip
+
+    def _windows(self) -> List[List[Tuple[_Unit, int, int]]]:
+        """This rank's rows as windows of (row group, start, end) pieces."""
+        units = self.split.units
+        order = (np.random.default_rng(self.seed + self.epoch).permutation(len(units))
+                 if self.shuffle else np.arange(len(units)))
+        lo, hi = self.part
+        windows: List[List[Tuple[_Unit, int, int]]] = []
+        current: List[Tuple[_Unit, int, int]] = []
+        filled, pos = 0, 0
+        for k in order:
+            unit = units[int(k)]
+            start, end = max(lo - pos, 0), min(hi - pos, unit.rows)
+            pos += unit.rows
+            while start < end:
+                take = min(end - start, self.window - filled)
+                current.append((unit, start, start + take))
+                start += take
+                filled += take
+                if filled == self.window:
+                    windows.append(current)
+                    current, filled = [], 0
+            if pos >= hi:
+                break
+        if current:
+            windows.append(current)
+        return windows
+
+    def _batch_sizes(self, windows: List[List[Tuple[_Unit, int, int]]]) -> List[List[int]]:
+        sizes = []
+        for w in windows:
+            n = sum(e - s for _, s, e in w)
+            sizes.append([self.batch_size] * (n // self.batch_size)
+                         + ([n % self.batch_size] if n % self.batch_size else []))
+        missing = self.num_batches - sum(len(s) for s in sizes)
+        if missing == 1:  # one row short of another batch: split the last batch in two
+            last = sizes[-1].pop()
+            sizes[-1] += [last - 1, 1]
+        return sizes
+
+    def __iter__(self) -> Iterator[DINBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        windows = self._windows()
+        sizes = self._batch_sizes(windows)
+        # The DataLoader takes one batch from each worker in turn (skipping finished ones).
+        # Replay that for the `skip` batches already trained: how many of each worker's
+        # batches they were, and which worker was next. A resumed DataLoader starts again
+        # at worker 0, so worker ids rotate to make that worker first.
+        per_worker = [sum(len(sizes[w]) for w in range(i, len(windows), workers))
+                      for i in range(workers)]
+        consumed, seen, t, last = [0] * workers, 0, 0, workers - 1
+        while seen < self.skip:
+            for i in range(workers):
+                if t < per_worker[i] and seen < self.skip:
+                    consumed[i] += 1
+                    seen += 1
+                    last = i
+            t += 1
+        worker = (worker + last + 1) % workers
+        skip = consumed[worker]
+        cache: Dict[str, Any] = {}
+        for w in range(worker, len(windows), workers):
+            if skip >= len(sizes[w]):
+                skip -= len(sizes[w])
+                continue
+            window = _Window(self.split, windows[w], self.vocab, cache)
+            rows = np.arange(len(window))
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, self.epoch, self.rank, w])
+                rows = rng.permutation(rows)
+            bounds = np.cumsum([0] + sizes[w])
+            for j in range(skip, len(sizes[w])):
+                yield window.batch(rows[bounds[j]:bounds[j + 1]], self.schema)
+            skip = 0
+
+    def labels(self) -> np.ndarray:
+        """The whole split's labels in file order (what evaluation scores, unshuffled)."""
+        return self.split.column(self.schema.label).astype(np.float32)
+
+    def user_ids(self) -> np.ndarray:
+        """The whole split's GAUC groups (``features.group_by``) in file order."""
+        return self.split.column(self.schema.group_by)
+
+
+class ParquetSource:
+    """The Parquet data of a config: ``data.parquet.{train,valid,test}`` file globs, table
+    sizes from ``tables.<name>.num_embeddings``. Only metadata is read up front.
+
+    Args:
+        data_cfg (Dict[str, Any]): the ``data`` section.
+        schema (FeatureSchema): the features.
+        vocab (Dict[str, int]): rows of every table.
+    """
+
+    def __init__(self, data_cfg: Dict[str, Any], schema: FeatureSchema,
+                 vocab: Dict[str, int]) -> None:
+        cfg = data_cfg["parquet"]
+        self.schema, self.vocab, self.buffer_rows = schema, vocab, int(cfg["buffer_rows"])
+        self.splits: Dict[str, ParquetSplit] = {}
+        for name in ("train", "valid", "test"):
+            patterns = cfg[name]
+            if isinstance(patterns, str):
+                patterns = [patterns]
+            if not patterns:
+                raise ValueError(f"data.parquet.{name} must name the {name} files (a glob)")
+            self.splits[name] = ParquetSplit(patterns, schema, name)
+        self.meta: Dict[str, Any] = {"dataset": "parquet", "protocol": "files",
+                                     "files": {k: v.files for k, v in self.splits.items()}}
+
+    def summary(self) -> Dict[str, Dict[str, Any]]:
+        """Rows per split, and the mean history length of the first row group of train."""
+        out = {k: {"samples": v.num_rows} for k, v in self.splits.items()}
+        train = self.splits["train"]
+        first = train.read(train.units[0], [self.schema.history_features()[0]])
+        _, offsets = _flat(first.column(0))
+        out["train"]["mean_history"] = float(offsets[-1] / max(offsets.size - 1, 1))
+        return out
+
+    def datasets(self, batch_sizes: Dict[str, int], seed: int, rank: int,
+                 world: int) -> Dict[str, "ParquetDataset"]:
+        return {name: ParquetDataset(split, self.vocab, batch_sizes[name], name == "train",
+                                     seed, self.buffer_rows, rank, world)
+                for name, split in self.splits.items()}
+
+    def count_ids(self, split: str, features: List[str], rows: Dict[str, int],
+                  where_label: bool = False) -> Dict[str, np.ndarray]:
+        """Occurrences of every id per feature over a split (streamed); ``where_label``
+        counts only positive samples."""
+        counts = {f: np.zeros(rows[f], np.float64) for f in features}
+        s = self.splits[split]
+        for unit in s.units:
+            table = s.read(unit, list(features) + [self.schema.label])
+            positive = table.column(self.schema.label).to_numpy() > 0
+            for f in features:
+                values, offsets = _flat(table.column(f))
+                if where_label:
+                    values = values[positive] if offsets is None else values[
+                        np.repeat(positive, np.diff(offsets))]
+                counts[f] += np.bincount(values, minlength=rows[f])[:rows[f]]
+        return counts
+
+    def popularity_scores(self) -> np.ndarray:
+        """Baseline scores of the test split: positives per candidate id in training."""
+        f = self.schema.popularity_feature()
+        table = self.schema.table_of(f)
+        counts = self.count_ids("train", [f], {f: self.vocab[table]}, where_label=True)[f]
+        return counts[self.splits["test"].column(f)]
