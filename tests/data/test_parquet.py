@@ -160,3 +160,35 @@ def test_empty_file_and_missing_files_are_named(tmp_path) -> None:
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(ParquetDataError, match="junk.parquet: not a readable Parquet file"):
         ParquetSplit([str(tmp_path / "junk.parquet")], SCHEMA, "train")
+
+
+def test_two_groups_multi_hot_and_dense_train_from_the_cli(tmp_path) -> None:
+    """A schema the built-in data sets cannot express: clicks and purchases against one
+    candidate, a multi-hot pooled feature and a dense one, trained and served from files."""
+    for split, n, seed in (("train", 700, 1), ("valid", 150, 2), ("test", 150, 3)):
+        _write(tmp_path / f"{split}.parquet", n, seed=seed, row_group=128)
+    schema = {"label": "label", "group_by": "user", "pooled": ["user", "tags"],
+              "dense": ["price"],
+              "groups": [{"name": "clicks", "candidate": ["item", "cate"],
+                          "history": ["click_item", "click_cate"]},
+                         {"name": "buys", "candidate": ["item"], "history": ["buy_item"]}]}
+    config = {"data": {"dataset": "parquet", "num_workers": 2, "parquet": {
+                  s: [str(tmp_path / f"{s}.parquet")] for s in ("train", "valid", "test")}},
+              "features": schema,
+              "tables": {t: {"num_embeddings": n} for t, n in VOCAB.items()},
+              "model": {"embedding_dim": 8, "use_outer_product": True},
+              "train": {"epochs": 2, "batch_size": 64, "progress": False,
+                        "regularization": "mba", "l2_lambda": 0.01}}
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["samples"] == 150 and len(metrics["epochs"]) == 2
+
+    from torchrec_din.serve import load_trained
+
+    model, _ = load_trained(str(out))
+    assert [g.name for g in model.interaction.groups] == ["clicks", "buys"]
+    assert model.dense_in_features == 1
+    assert model.embedding_bag_collection.embedding_bag_configs()[1].feature_names == ["tags"]

@@ -1,4 +1,9 @@
+import glob
+
 import pytest
+import yaml
+
+from torchrec_din.data.schema import FeatureSchema
 
 from torchrec_din.train.config import DEFAULTS, load_config, parse_override
 
@@ -24,10 +29,28 @@ def test_unknown_key_is_named(tmp_path) -> None:
         load_config(None, ["train.epochs"])
 
 
-@pytest.mark.parametrize("name", ["movielens_din", "movielens_din_sigmoid", "movielens_base",
-                                  "synthetic_din"])
-def test_shipped_configs_load(name) -> None:
-    load_config(f"configs/{name}.yaml")
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/*.yaml")))
+def test_shipped_configs_load_and_spell_out_their_schema(path) -> None:
+    load_config(path)
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    FeatureSchema.from_config(raw["features"])  # written in the file, not inherited
+
+
+@pytest.mark.parametrize("override,message", [
+    ("features.groups=[{name: a, candidate: [item], history: [hist_item, hist_cate]}]",
+     "must pair up one to one"),
+    ("features.pooled=[hist_item]", "column 'hist_item' is used twice (history and pooled)"),
+    ("features.groups=[]", "features.groups must be a non-empty list"),
+    ("features.groups=[{name: a, candidate: [item], history: [h], table: [x]}]",
+     "unknown key(s) ['table']"),
+    ("features.label=''", "features.label must be a column name"),
+    ("data.pooled_features=[user]", "now 'features.pooled'"),
+])
+def test_schema_errors_name_the_entry(override, message) -> None:
+    with pytest.raises((KeyError, ValueError)) as e:
+        load_config("configs/movielens_din.yaml", [override])
+    assert message in str(e.value)
 
 
 def test_values_are_typed_at_load() -> None:

@@ -86,6 +86,7 @@ def build_model(vocab: Dict[str, int], config: Dict[str, Any],
     groups = [AttentionGroup(g.name, g.candidate, g.history) for g in schema.groups]
     common = dict(
         embedding_bag_collection=ebc,
+        dense_in_features=len(schema.dense),
         over_arch_layer_sizes=model_cfg["over_arch_layer_sizes"],
         over_arch_activation=model_cfg["over_arch_activation"],
         dropout=model_cfg["dropout"],
