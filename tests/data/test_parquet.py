@@ -118,8 +118,12 @@ def test_batches_carry_the_schema(files) -> None:
 BAD = [
     (dict(item=None), "missing column 'item'"),
     (dict(cate=np.zeros(50, np.float32)), "column 'cate' is float, expected int"),
-    (dict(click_item=[[1, None]] + [[1, 2]] * 49), "row group 0, row 0 (row 0 of the file), "
+    (dict(click_item=[[1, None]] + [[1, 2]] * 49, click_cate=[[1, 2]] * 50), "row group 0, row 0 (row 0 of the file), "
                                                    "column 'click_item': null inside the list"),
+    # the second window (8 rows) of row group 0: the null lies outside the first window
+    (dict(click_item=[[1, 2]] * 11 + [[None]] + [[1, 2]] * 38,
+          click_cate=[[1, 2]] * 11 + [[1]] + [[1, 2]] * 38),
+     "row group 0, row 11 (row 11 of the file), column 'click_item': null inside the list"),
     (dict(item=np.r_[np.arange(45), 5000, np.arange(4)]),
      "row group 1, row 5 (row 45 of the file), column 'item': id 5000 is outside table 'item'"),
     (dict(tags=[[1]] * 12 + [[3, -2]] + [[1]] * 37),
@@ -144,7 +148,7 @@ def test_bad_data_names_file_row_group_row_and_column(tmp_path, bad, message) ->
         _write(path, 50, row_group=40, **bad)
     with pytest.raises(ParquetDataError) as e:
         split = ParquetSplit([str(path)], SCHEMA, "train")
-        for _ in ParquetDataset(split, VOCAB, 8, False):
+        for _ in ParquetDataset(split, VOCAB, 8, False, buffer_rows=8):
             pass
     assert str(path) in str(e.value) and message in str(e.value)
 

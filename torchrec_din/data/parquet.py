@@ -188,10 +188,11 @@ class _Window:
             i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
             raise ParquetDataError(f"{self.where(i, name)}: null value")
         if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-            if arr.values.null_count:
-                v = int(np.flatnonzero(arr.values.is_null().to_numpy(zero_copy_only=False))[0])
+            values = arr.flatten()  # only this slice's elements (``.values`` may hold more)
+            if values.null_count:
+                v = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
                 offsets = arr.offsets.to_numpy()
-                i = int(np.searchsorted(offsets, v, side="right") - 1)
+                i = int(np.searchsorted(offsets - offsets[0], v, side="right") - 1)
                 raise ParquetDataError(f"{self.where(i, name)}: null inside the list")
 
     def _check_values(self, vocab: Dict[str, int]) -> None:

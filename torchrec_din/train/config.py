@@ -29,9 +29,10 @@ DEFAULTS: Dict[str, Any] = {
         "cache_dir": ".cache/torchrec_din",
         "num_workers": 0,
         # Train on shared histories: samples with the same user and history (next_item: a
-        # positive and its negative) become one history with K candidates, looked up once.
-        # batch_size then counts histories.
-        "group_histories": False,
+        # positive and its negative) become one history with K candidates, looked up once;
+        # batch_size then counts histories. auto: on for the built-in next_item protocol
+        # (MovieLens next_item, Amazon), off otherwise.
+        "group_histories": "auto",    # auto | true | false
         # dataset: parquet. File globs (or lists of them) per split; buffer_rows bounds the
         # rows in memory per DataLoader worker (the shuffle window).
         "parquet": {"train": [], "valid": [], "test": [], "buffer_rows": 65536},
@@ -94,6 +95,8 @@ NULLABLE: Dict[str, type] = {
     "data.data_dir": str,
     "train.embedding_learning_rate": float,
 }
+# Keys that take one of a few values of mixed types.
+CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False)}
 # Lower bounds checked at load (inclusive), before any data is built.
 MINIMUM: Dict[str, float] = {
     "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,
@@ -156,6 +159,13 @@ def check_values(config: Dict[str, Any], path: str = "") -> None:
         node = config
         for part in parts[:-1]:
             node = node[part]
+        if key in CHOICES:
+            value = node[parts[-1]]
+            if not any(value is c or (isinstance(c, str) and value == c) for c in CHOICES[key]):
+                raise ValueError(f"config key {key!r} must be one of "
+                                 f"{', '.join(str(c).lower() for c in CHOICES[key])}, got "
+                                 f"{value!r}")
+            continue
         value = _typed(key, node[parts[-1]], default)
         low = MINIMUM.get(key)
         if low is not None and value is not None and value < low:

@@ -39,7 +39,7 @@ from torchrec_din.distributed import (
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
-from torchrec_din.train.engine import Backend, make_data_loader, run_training
+from torchrec_din.train.engine import Backend, grouped_training, make_data_loader, run_training
 from torchrec_din.train.loop import apply_train_config, make_optimizer
 from torchrec_din.train.planning import constraints_for, embedding_optimizer
 
@@ -122,7 +122,7 @@ class ShardedBackend(Backend):
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last_dcp")
         model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
-                         bool(data_cfg["group_histories"]))
+                         grouped_training(data_cfg))
         emb_opt, emb_lr, note = embedding_optimizer(train_cfg, self.device.type)
         if note and self.main:
             print(f"[sharding] {note}")

@@ -109,11 +109,22 @@ class Backend:
         return obj
 
 
+def grouped_training(data_cfg: Dict[str, Any]) -> bool:
+    """Whether training runs on shared histories (``data.group_histories``; ``auto``: for
+    the built-in protocols that pair every positive with a negative on the same history)."""
+    value = data_cfg["group_histories"]
+    if value == "auto":
+        return (data_cfg["dataset"] == "amazon-electronics"
+                or (data_cfg["dataset"] == "movielens-100k"
+                    and data_cfg["protocol"] == "next_item"))
+    return bool(value)
+
+
 def make_datasets(table: SampleTable, config: Dict[str, Any]) -> Dict[str, DINDataset]:
     """train / valid / test datasets of the config's feature schema; training may group
     samples that share a history (``data.group_histories``), evaluation scores one row per
     sample."""
-    grouped = bool(config["data"]["group_histories"])
+    grouped = grouped_training(config["data"])
     schema = FeatureSchema.from_config(config["features"])
     return {s: DINDataset(table, s, schema, grouped and s == "train")
             for s in ("train", "valid", "test")}
@@ -129,7 +140,7 @@ def load_data(config: Dict[str, Any], backend: "Backend") -> Tuple[Any, Dict[str
         return table, make_datasets(table, config)
     from torchrec_din.data.parquet import ParquetSource
 
-    if data_cfg["group_histories"]:
+    if data_cfg["group_histories"] is True:
         raise ValueError("data.group_histories groups a built-in data set's samples by user "
                          "and history; Parquet input has one sample per row")
     schema = FeatureSchema.from_config(config["features"])

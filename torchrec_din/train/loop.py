@@ -19,6 +19,7 @@ from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers 
     Backend,
     TrainingInterrupted,
     early_stop,
+    grouped_training,
     make_data_loader,
     make_datasets,
     plot_curves,
@@ -130,7 +131,7 @@ class LocalBackend(Backend):
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last.pt")
         self.model = build_model(table.vocab, config)  # table: SampleTable or ParquetSource
-        self.train_model = DINTrain(self.model, bool(data_cfg["group_histories"]))
+        self.train_model = DINTrain(self.model, grouped_training(data_cfg))
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.regularizer = make_regularizer(self.model, table, datasets["train"], train_cfg)
         self.eval_loaders = {
