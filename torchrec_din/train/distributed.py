@@ -16,6 +16,7 @@ its sharded backend.
 """
 
 import datetime
+import gc
 import os
 import shutil
 import time
@@ -86,6 +87,11 @@ class ShardedBackend(Backend):
             if exc_type is None:
                 dist.barrier()  # nobody tears down the group while a peer still talks
         finally:
+            # Free the pipeline and the sharded model (and any collective handle they hold)
+            # now, while the process group and the interpreter are whole.
+            for name in ("pipeline", "dense_opt", "dmp"):
+                self.__dict__.pop(name, None)
+            gc.collect()
             dist.destroy_process_group()
 
     def main_first(self, fn: Callable[[], T]) -> T:
