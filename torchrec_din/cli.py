@@ -143,12 +143,17 @@ def _table_command(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"error: bad config: {e}", file=sys.stderr)
         return 2
-    if config["data"]["dataset"] == "parquet":
-        print(f"error: {args.command} works on the built-in data sets; this config reads "
-              "Parquet", file=sys.stderr)
+    if config["data"]["dataset"] == "parquet" and args.command == "convert":
+        print("error: convert writes a built-in data set; this config already reads Parquet",
+              file=sys.stderr)
         return 2
     try:
-        table = build_table(config["data"], int(config["seed"]))
+        if config["data"]["dataset"] == "parquet":  # plan: sizes from the config, files' metadata
+            from torchrec_din.train.engine import parquet_source
+
+            table = parquet_source(config)
+        else:
+            table = build_table(config["data"], int(config["seed"]))
         if args.command == "plan":
             from torchrec_din.train.planning import print_plan
 

@@ -55,6 +55,11 @@ def test_converted_files_score_exactly_like_the_builtin_loader(converted) -> Non
     root, sets = converted
     cfg = yaml.safe_load((root / "pq" / "config.yaml").read_text())
     assert cfg["data"]["dataset"] == "parquet" and cfg["tables"]["item"]["num_embeddings"] >= 400
+    # The planner works from the Parquet config alone (sizes from tables.*, files' metadata).
+    assert main(["plan", "--config", str(root / "pq" / "config.yaml"), "--world-size", "2",
+                 "--compute-device", "cpu"]) == 0
+    assert main(["convert", "--config", str(root / "pq" / "config.yaml"), "--output",
+                 str(root / "again")]) == 2  # already Parquet
     epochs = ["train.epochs=2"]
     assert main(["train", "--config", "configs/synthetic_din.yaml", "--output-dir",
                  str(root / "builtin"), *_sets(sets + epochs)]) == 0

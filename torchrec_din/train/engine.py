@@ -138,11 +138,20 @@ def load_data(config: Dict[str, Any], backend: "Backend") -> Tuple[Any, Dict[str
     if data_cfg["dataset"] != "parquet":
         table = backend.main_first(lambda: build_table(data_cfg, seed))
         return table, make_datasets(table, config)
-    from torchrec_din.data.parquet import ParquetSource
-
     if data_cfg["group_histories"] is True:
         raise ValueError("data.group_histories groups a built-in data set's samples by user "
                          "and history; Parquet input has one sample per row")
+    source = parquet_source(config)
+    sizes = {"train": int(train_cfg["batch_size"]), "valid": int(train_cfg["eval_batch_size"]),
+             "test": int(train_cfg["eval_batch_size"])}
+    return source, source.datasets(sizes, seed, backend.rank, backend.world)
+
+
+def parquet_source(config: Dict[str, Any]) -> Any:
+    """The config's ParquetSource: its files (metadata only) and table sizes, which Parquet
+    input takes from ``tables.<name>.num_embeddings``."""
+    from torchrec_din.data.parquet import ParquetSource
+
     schema = FeatureSchema.from_config(config["features"])
     vocab: Dict[str, int] = {}
     for t in schema.table_features():
@@ -151,10 +160,7 @@ def load_data(config: Dict[str, Any], backend: "Backend") -> Tuple[Any, Dict[str
             raise ValueError(f"Parquet input: set tables.{t}.num_embeddings (the number of "
                              f"ids of table {t!r}; ids must be in [0, num_embeddings))")
         vocab[t] = int(n)
-    source = ParquetSource(data_cfg, schema, vocab)
-    sizes = {"train": int(train_cfg["batch_size"]), "valid": int(train_cfg["eval_batch_size"]),
-             "test": int(train_cfg["eval_batch_size"])}
-    return source, source.datasets(sizes, seed, backend.rank, backend.world)
+    return ParquetSource(config["data"], schema, vocab)
 
 
 def make_data_loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int,
