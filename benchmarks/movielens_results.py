@@ -31,14 +31,20 @@ MODELS = {
 
 def train_or_reuse(config_path: str, overrides: List[str], out: str) -> Dict:
     """metrics.json of a finished run in ``out`` (so a partly done table or sweep resumes),
-    else train one there (replacing an unfinished run)."""
+    else continue an interrupted run there (same config), else train one from scratch."""
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         if "test" in metrics:
             return metrics
-    return train(load_config(config_path, overrides), out, overwrite=True)
+    config = load_config(config_path, overrides)
+    if os.path.exists(os.path.join(out, "last.pt")):
+        try:
+            return train(config, out, resume=True)
+        except ValueError as e:  # another config: start over
+            print(f"[results] not resuming {out}: {e}")
+    return train(config, out, overwrite=True)
 
 
 def emit_table(lines: List[str], output: Optional[str]) -> None:
