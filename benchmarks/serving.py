@@ -53,6 +53,29 @@ def per_row(inputs):
             dense.index_select(0, user_of))
 
 
+def executed_flops(config, inputs) -> float:
+    """FLOPs the shared path executes (matrix products and the per-pair element work): the
+    behaviour and candidate parts of the first attention layer once per behaviour / candidate,
+    the rest per (candidate, behaviour) pair, the over arch per candidate."""
+    hist, lengths, cand, counts, pooled, _ = inputs
+    d = 2 * config["model"]["embedding_dim"]
+    h1, h2 = config["model"]["attention_hidden_units"]
+    n, k = hist.size(0), cand.size(0)
+    pairs = int((lengths * counts).sum())
+    first = (n + k) * 2 * d * h1 + pairs * (d + 2 * d * h1 + 2 * h1)
+    rest = pairs * (2 * h1 * h2 + 2 * h2 + 2 * d)
+    over_in = 2 * d + pooled.size(1) * config["model"]["pooled_embedding_dim"]
+    sizes = [over_in] + list(config["model"]["over_arch_layer_sizes"]) + [1]
+    over = k * sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
+    return float(first + rest + over)
+
+
+def matmul_gflops(rows: int, d: int, h: int, repeats: int) -> float:
+    """A plain [rows, d] x [d, h] product, forward only (serving has no backward)."""
+    a, w = torch.randn(rows, d), torch.randn(d, h)
+    return 2 * rows * d * h / time_it(lambda: a @ w, repeats) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
@@ -61,9 +84,14 @@ def main() -> None:
     torch.manual_seed(0)
     config = load_config("configs/movielens_din.yaml")
     scorer = DINScorer(build_model(VOCAB, config).eval()).eval()
-    print(f"DIN scorer (embedding 32+32, attention (80, 40), over arch (200, 80)), history "
-          f"~{args.history}, {torch.get_num_threads()} threads, medians of {args.repeats}\n")
-    print(f"{'K':>6} {'users':>6} | {'shared cand/s':>14} {'per-row cand/s':>15} | {'ratio':>6}")
+    m = config["model"]
+    d = 2 * m["embedding_dim"]
+    print(f"DIN scorer (embedding {m['embedding_dim']}+{m['embedding_dim']}, attention "
+          f"{tuple(m['attention_hidden_units'])}, over arch {tuple(m['over_arch_layer_sizes'])}), "
+          f"history ~{args.history}, {torch.get_num_threads()} threads, medians of "
+          f"{args.repeats}\n")
+    print(f"{'K':>6} {'users':>6} | {'shared cand/s':>14} {'per-row cand/s':>15} | {'ratio':>6} "
+          f"| {'shared GFLOP/s':>14} {'matmul GFLOP/s':>15}")
     with torch.no_grad():
         for k, users in ((100, 8), (1000, 1)):
             inputs = requests(users, k, args.history, seed=k)
@@ -72,8 +100,12 @@ def main() -> None:
             shared = time_it(lambda: scorer(*inputs), args.repeats)
             copied = time_it(lambda: scorer(*rows), args.repeats)
             total = users * k
+            gflops = executed_flops(config, inputs) / shared / 1e9
+            pairs = int((inputs[1] * inputs[3]).sum())
+            reference = matmul_gflops(pairs, d, m["attention_hidden_units"][0], args.repeats)
             print(f"{k:>6} {users:>6} | {total / shared:>14,.0f} {total / copied:>15,.0f} | "
-                  f"{copied / shared:>5.2f}x")
+                  f"{copied / shared:>5.2f}x | {gflops:>14.1f} {reference:>9.1f} "
+                  f"({gflops / reference:.0%})")
 
 
 if __name__ == "__main__":
