@@ -61,11 +61,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         return loss, rest
 
     monkeypatch.setattr(DINTrain, "forward", poisoned)
+    # The loss is read every train.sync_every (20) batches and at checkpoints (every 10):
+    # the bad batch 25 is reported with the span read at batch 30, before that save.
     assert main(_args(tmp_path / "nan", tmp_path / "cache")) == 1
     err = capsys.readouterr().err
-    assert "non-finite training loss (nan) at epoch 0, batch 25" in err
+    assert "non-finite training loss at epoch 0, batches 21-30" in err
     ckpt = load_checkpoint(str(tmp_path / "nan" / "last.pt"))
     assert ckpt["batch"] == 20  # the last checkpoint before the bad batch, untouched
+    # train.sync_every=1 names the exact batch.
+    calls["n"] = 0
+    assert main(_args(tmp_path / "nan1", tmp_path / "cache", ["train.sync_every=1"])) == 1
+    assert "non-finite training loss at epoch 0, batch 25;" in capsys.readouterr().err
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 

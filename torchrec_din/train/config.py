@@ -85,6 +85,9 @@ DEFAULTS: Dict[str, Any] = {
         "l2_lambda": 0.0,
         "progress": True,
         "checkpoint_every": 200,      # batches between progress checkpoints (0: epoch ends only)
+        # Batches between host reads of the loss (progress, non-finite check) and the ranks'
+        # stop agreement; between them the loop never waits for the device. 1: every batch.
+        "sync_every": 20,
         "dist_timeout_s": 300.0,      # torchrun: a frozen or dead rank ends the job after this
     },
 }
@@ -107,7 +110,8 @@ MINIMUM: Dict[str, float] = {
     "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,
     "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
     "train.learning_rate": 1e-12, "train.embedding_learning_rate": 1e-12, "train.l2_lambda": 0,
-    "train.checkpoint_every": 0, "train.dist_timeout_s": 1, "train.patience": 0,
+    "train.checkpoint_every": 0, "train.sync_every": 1, "train.dist_timeout_s": 1,
+    "train.patience": 0,
 }
 
 

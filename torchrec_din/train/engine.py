@@ -351,6 +351,7 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
             totals = saved["totals"][backend.rank]
     progress = bool(train_cfg["progress"]) and main
     checkpoint_every = int(train_cfg["checkpoint_every"])
+    sync_every = int(train_cfg["sync_every"])
     eval_batch = int(train_cfg["eval_batch_size"])
     patience = int(train_cfg["patience"])
     metrics_path = os.path.join(output_dir, "metrics.json")
@@ -376,31 +377,51 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
                        disable=not progress, mininterval=1.0, unit="batch")
             start = time.perf_counter() - totals["elapsed"]
             step = skip
-            for loss, n in backend.train_batches(loader):
-                step += 1
-                value = float(loss)
+            # Losses stay on the device between syncs: the host reads them (and the ranks
+            # agree on stopping) every train.sync_every steps, at checkpoints and at the end.
+            pending: Dict[str, Any] = {"sum": None, "n": 0, "first": step + 1}
+
+            def sync(step: int) -> bool:
+                """Read the pending losses; raise on a non-finite one; True: stop now."""
+                value = float(pending["sum"]) if pending["sum"] is not None else 0.0
                 stopping, bad = backend.any([stop.signal is not None, not math.isfinite(value)])
+                first = pending["first"]
                 if bad:
                     bar.close()
+                    where = f"batch {step}" if first == step else f"batches {first}-{step}"
                     raise FloatingPointError(
-                        f"non-finite training loss ({value}) at epoch {epoch}, batch {step}"
-                        f"{f' on rank {backend.rank}' if backend.world > 1 else ''}; nothing "
-                        f"was saved after it. The last good progress is "
+                        f"non-finite training loss at epoch {epoch}, {where}"
+                        f"{f' (on some rank of {backend.world})' if backend.world > 1 else ''}; "
+                        f"nothing was saved after it. The last good progress is "
                         f"{backend.progress_path} (resume with --resume after lowering the "
-                        f"learning rate)")
-                totals["loss"] += value * n
-                totals["samples"] += n
+                        f"learning rate; train.sync_every=1 names the exact batch)")
+                totals["loss"] += value
+                totals["samples"] += pending["n"]
                 totals["elapsed"] = time.perf_counter() - start
-                bar.update(1)
+                bar.update(step - first + 1)
                 bar.set_postfix(loss=f"{totals['loss'] / max(totals['samples'], 1):.4f}",
                                 samples_per_s=f"{totals['samples'] / totals['elapsed']:.0f}",
                                 refresh=False)
-                if stopping or (checkpoint_every and step % checkpoint_every == 0):
+                pending.update(sum=None, n=0, first=step + 1)
+                return stopping
+
+            for loss, n in backend.train_batches(loader):
+                step += 1
+                weighted = loss.detach() * n
+                pending["sum"] = weighted if pending["sum"] is None else pending["sum"] + weighted
+                pending["n"] += n
+                at_checkpoint = bool(checkpoint_every) and step % checkpoint_every == 0
+                if step % sync_every and not at_checkpoint:
+                    continue
+                stopping = sync(step)
+                if stopping or at_checkpoint:
                     save_progress(epoch, step)
                     if stopping:
                         bar.close()
                         raise TrainingInterrupted(stop.signal or signal.SIGTERM,
                                                   backend.progress_path)
+            if pending["first"] <= step:
+                sync(step)  # the epoch's last batches (a stop request waits for the epoch end)
             bar.close()
             loss_sum, samples = backend.sum([totals["loss"], float(totals["samples"])])
             elapsed = max(backend.gather(totals["elapsed"]))
