@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.data.batch import DINBatch
-from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.samples import range_positions, SampleTable
 from torchrec_din.data.schema import FeatureSchema
 
 
@@ -45,8 +45,9 @@ class DINDataset(Dataset):
             # one item. lexsort keeps the original order within a group (stable).
             key = (self.table.hist_end[self.rows], self.table.hist_start[self.rows],
                    self.table.user_row[self.rows])
-            self.rows = self.rows[np.lexsort(key)]
-            k = np.stack([a[np.lexsort(key)] for a in key])
+            order = np.lexsort(key)
+            self.rows = self.rows[order]
+            k = np.stack([a[order] for a in key])
             new = np.ones(self.rows.size, dtype=bool)
             new[1:] = np.any(k[:, 1:] != k[:, :-1], axis=0)
             self.group_offsets = np.append(np.flatnonzero(new), self.rows.size)
@@ -80,8 +81,7 @@ class DINDataset(Dataset):
         if self.group_offsets is not None:
             starts, ends = self.group_offsets[positions], self.group_offsets[positions + 1]
             counts = ends - starts
-            members = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            samples = self.rows[members + np.arange(int(counts.sum()), dtype=np.int64)]
+            samples = self.rows[range_positions(starts, counts)]
             rows = self.rows[starts]  # one row per history: its history and user
         else:
             rows = self.rows[positions]

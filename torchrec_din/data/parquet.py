@@ -35,6 +35,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.data.batch import DINBatch
+from torchrec_din.data.samples import range_positions
 from torchrec_din.data.schema import FeatureSchema
 
 
@@ -278,9 +279,7 @@ def _gather(values: np.ndarray, offsets: np.ndarray,
             rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Jagged rows ``rows`` of (values, offsets): their values back to back and lengths."""
     starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
-    total = int(lengths.sum())
-    base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return values[base + np.arange(total, dtype=np.int64)].astype(np.int64), lengths
+    return values[range_positions(starts, lengths)].astype(np.int64), lengths
 
 
 class ParquetDataset(IterableDataset):

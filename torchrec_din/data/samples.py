@@ -96,9 +96,7 @@ class SampleTable:
         """Flat positions into ``seq_*`` of the histories of ``rows``, and their lengths."""
         base = self.seq_offsets[self.user_row[rows]] + self.hist_start[rows]
         lengths = self.hist_end[rows] - self.hist_start[rows]
-        total = int(lengths.sum())
-        starts = np.repeat(base - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-        return starts + np.arange(total, dtype=np.int64), lengths
+        return range_positions(base, lengths), lengths
 
     def with_max_history(self, max_history: Optional[int]) -> "SampleTable":
         """Keep only the most recent ``max_history`` behaviours of each history."""
@@ -132,6 +130,13 @@ class SampleTable:
 
 _ARRAYS = ["seq_item", "seq_cate", "seq_offsets", "user_row", "hist_start", "hist_end",
            "item", "cate", "label", "split"]
+
+
+def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lengths[i] - 1`` of every range, back to back
+    (vectorised; the flat index of jagged rows)."""
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return offsets + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
 def _column(columns: Dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
