@@ -78,7 +78,8 @@ class ShardedBackend(Backend):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = (torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
                        if self.backend == "nccl" else torch.device("cpu"))
-        # Control messages (stop flags, totals) on CPU: one small gloo collective per step.
+        # Control messages (stop flags, totals) on CPU: a small gloo collective at each loss
+        # read (every train.sync_every steps), not on the accelerator's stream.
         self.control = dist.new_group(backend="gloo") if self.backend == "nccl" else None
         return self
 
@@ -178,21 +179,13 @@ class ShardedBackend(Backend):
     def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
         """Every rank scores a contiguous part; rank 0 gets all logits."""
-        if not isinstance(dataset, DINDataset):  # streaming: the dataset is this rank's part
-            return self._predict_stream(dataset)
-        parts = np.array_split(np.arange(len(dataset)), self.world)
-        num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
-        mine = parts[self.rank]
         logits: List[np.ndarray] = []
         start = time.perf_counter()
         self.dmp.eval()
         with torch.no_grad():
-            for i in range(num_batches):
-                chunk = mine[i * batch_size:(i + 1) * batch_size]
-                # The sharded forward is collective: a rank out of samples runs a dummy batch.
-                batch = dataset[chunk if chunk.size else parts[0][:1]]
+            for batch, scored in self._eval_batches(dataset, batch_size):
                 _, (_, out, _) = self.dmp(batch.to(self.device))
-                if chunk.size:
+                if scored:
                     logits.append(out.cpu().numpy())
         elapsed = time.perf_counter() - start
         local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
@@ -200,18 +193,21 @@ class ShardedBackend(Backend):
         self.dmp.train()
         return (np.concatenate(gathered) if self.main else None), elapsed
 
-    def _predict_stream(self, dataset: Any) -> Tuple[Optional[np.ndarray], float]:
-        logits: List[np.ndarray] = []
-        start = time.perf_counter()
-        self.dmp.eval()
-        with torch.no_grad():  # every rank has the same number of batches
+    def _eval_batches(self, dataset: Any, batch_size: int) -> Iterator[Tuple[Any, bool]]:
+        """This rank's part of the split as (batch, scored) pairs, the same number on every
+        rank: the sharded forward is collective."""
+        if not isinstance(dataset, DINDataset):
+            # Streaming: the dataset is already this rank's part, with equal batch counts.
             for batch in make_data_loader(dataset, 0, False, 0, 0):
-                _, (_, out, _) = self.dmp(batch.to(self.device))
-                logits.append(out.cpu().numpy())
-        elapsed = time.perf_counter() - start
-        gathered = self.gather(np.concatenate(logits) if logits else np.zeros(0, np.float32))
-        self.dmp.train()
-        return (np.concatenate(gathered) if self.main else None), elapsed
+                yield batch, True
+            return
+        parts = np.array_split(np.arange(len(dataset)), self.world)
+        num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
+        mine = parts[self.rank]
+        for i in range(num_batches):
+            chunk = mine[i * batch_size:(i + 1) * batch_size]
+            # A rank out of samples runs a dummy batch whose scores are dropped.
+            yield dataset[chunk if chunk.size else parts[0][:1]], bool(chunk.size)
 
     def save_progress(self, record: Dict[str, Any]) -> None:
         # Model + fused optimizer state sharded, and (rank 0) the rest in the same folder,

@@ -192,7 +192,7 @@ def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -
 
 
 def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray,
-                      feature: str = "item") -> np.ndarray:
+                      feature: str) -> np.ndarray:
     """Baseline: a candidate's score is how often its ``feature`` id (the schema's first
     candidate feature) was a positive in training."""
     ids = table.candidate_column(feature)
