@@ -79,10 +79,7 @@ class SampleTable:
 
     def user_column(self, name: str) -> np.ndarray:
         """[U] id of pooled user feature ``name``."""
-        if name not in self.user_features:
-            raise ValueError(f"features.pooled: {name!r} is not in the data; it has "
-                             f"{sorted(self.user_features)}")
-        return self.user_features[name]
+        return _column(self.user_features, name, "pooled")
 
     def history_lengths(self) -> np.ndarray:
         return self.hist_end - self.hist_start
