@@ -64,6 +64,22 @@ def test_gradients_flow_to_alpha() -> None:
     assert dice.alpha.grad is not None and torch.all(dice.alpha.grad != 0)
 
 
+def test_gradients_equal_the_paper_formula_with_batch_statistics() -> None:
+    torch.manual_seed(2)
+    dice = Dice(6)
+    with torch.no_grad():
+        dice.alpha.uniform_(-1, 1)
+    x = (torch.randn(40, 6) * 2 + 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    alpha_ref = dice.alpha.detach().clone().requires_grad_()
+    grad = torch.randn(40, 6)
+    dice(x).backward(grad)
+    _paper_dice(x_ref, x_ref.mean(0), x_ref.var(0, unbiased=False), alpha_ref,
+                1e-8).backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dice.alpha.grad, alpha_ref.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_features > 0"):
         Dice(0)

@@ -16,18 +16,23 @@ TINY = [
 
 @pytest.mark.parametrize("extra", [
     [],
-    ["model.name=base", "train.regularization=l2", "train.l2_lambda=0.0001"],
+    ["model.name=base", "train.regularization=l2", "train.l2_lambda=0.0001",
+     "train.keep_freed_memory=false"],
     ["model.attention_activation=dice", "model.over_arch_activation=dice",
      "model.attention_normalization=softmax", "train.regularization=mba",
      "train.l2_lambda=0.01", "model.dropout=0.1"],
 ])
-def test_synthetic_run_writes_everything(tmp_path, extra) -> None:
+def test_synthetic_run_writes_everything(tmp_path, monkeypatch, extra) -> None:
+    kept = []  # the malloc setting is process-wide: recorded here, tested in test_allocator
+    monkeypatch.setattr("torchrec_din.train.engine.keep_freed_memory",
+                        lambda: kept.append(True) or True)
     out = tmp_path / "run"
     sets = TINY + [f"data.cache_dir={tmp_path / 'cache'}"] + extra
     args = ["train", "--config", "configs/synthetic_din.yaml", "--output-dir", str(out)]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 0
+    assert kept == ([] if "train.keep_freed_memory=false" in extra else [True])
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [0, 1]
     valid_gauc = [e["valid"]["gauc"] for e in metrics["epochs"]]

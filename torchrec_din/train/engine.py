@@ -20,6 +20,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from torchrec_din.allocator import keep_freed_memory
 from torchrec_din.data.loader import _identity, DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
 from torchrec_din.data.schema import FeatureSchema
@@ -309,6 +310,8 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
     data_cfg, train_cfg = config["data"], config["train"]
     seed = int(config["seed"])
     main = backend.main
+    if train_cfg["keep_freed_memory"]:
+        keep_freed_memory()
     saved: Optional[Dict[str, Any]] = None
     if resume:
         saved = backend.read_progress(output_dir)
