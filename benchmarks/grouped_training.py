@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from attention import add_malloc_flag, apply_malloc  # benchmarks/attention.py
 from torchrec_din import DINTrain
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
@@ -31,7 +32,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--config", default="configs/movielens_din.yaml")
+    add_malloc_flag(parser)
     args = parser.parse_args()
+    malloc = apply_malloc(args)
     config = load_config(args.config, ["data.protocol=next_item", "data.valid_per_user=5",
                                        "data.test_per_user=5"])
     data = config["data"]
@@ -74,7 +77,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     speed = {k: n_samples / statistics.median(v) for k, v in times.items()}
     print(f"MovieLens-100k next_item, {args.steps} steps of 256 samples ({n_samples} samples), "
-          f"{torch.get_num_threads()} threads, medians of {args.repeats}")
+          f"{torch.get_num_threads()} threads, {malloc}, medians of {args.repeats}")
     print(f"one row per sample : {speed['flat']:8.0f} samples/s   batch building "
           f"{build['flat'] / args.steps * 1e3:.2f} ms/batch")
     print(f"shared histories   : {speed['grouped']:8.0f} samples/s   batch building "

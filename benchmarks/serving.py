@@ -17,7 +17,8 @@ import argparse
 import numpy as np
 import torch
 
-from attention import time_it  # benchmarks/attention.py: median of repeated runs
+# benchmarks/attention.py: median of repeated runs, the --malloc flag
+from attention import add_malloc_flag, apply_malloc, time_it
 
 from torchrec_din.serve import DINScorer
 from torchrec_din.train.builder import build_model
@@ -80,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--history", type=int, default=50)
+    add_malloc_flag(parser)
     args = parser.parse_args()
+    malloc = apply_malloc(args)
     torch.manual_seed(0)
     config = load_config("configs/movielens_din.yaml")
     scorer = DINScorer(build_model(VOCAB, config).eval()).eval()
@@ -88,7 +91,7 @@ def main() -> None:
     d = 2 * m["embedding_dim"]
     print(f"DIN scorer (embedding {m['embedding_dim']}+{m['embedding_dim']}, attention "
           f"{tuple(m['attention_hidden_units'])}, over arch {tuple(m['over_arch_layer_sizes'])}), "
-          f"history ~{args.history}, {torch.get_num_threads()} threads, medians of "
+          f"history ~{args.history}, {torch.get_num_threads()} threads, {malloc}, medians of "
           f"{args.repeats}\n")
     print(f"{'K':>6} {'users':>6} | {'shared cand/s':>14} {'per-row cand/s':>15} | {'ratio':>6} "
           f"| {'shared GFLOP/s':>14} {'matmul GFLOP/s':>15}")

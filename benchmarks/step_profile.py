@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
+from attention import add_malloc_flag, apply_malloc  # benchmarks/attention.py
 from torchrec_din import DINTrain
-from torchrec_din.allocator import keep_freed_memory
 from torchrec_din.batch import DINBatch
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
@@ -44,12 +44,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: the config's train.batch_size")
     parser.add_argument("--config", default="configs/movielens_din.yaml")
-    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep: torchrec_din.allocator.keep_freed_memory(), as training "
-                             "does by default (train.keep_freed_memory); default: glibc's own")
+    add_malloc_flag(parser)
     args = parser.parse_args()
-    if args.malloc == "keep":
-        assert keep_freed_memory(), "glibc did not take the malloc settings"
+    malloc = apply_malloc(args)
     config = load_config(args.config, ["train.progress=false"])
     table = build_table(config["data"], int(config["seed"]))
     dataset = DINDataset(table, "train", FeatureSchema.from_config(config["features"]))
@@ -130,8 +127,8 @@ def main() -> None:
                 values.clear()
     medians = {k: statistics.median(v) for k, v in phases.items()}
     total = sum(medians.values())
-    print(f"{args.config}, B = {batch_size}, {torch.get_num_threads()} threads, malloc "
-          f"{args.malloc}, medians of {args.steps} steps (the model's own forward and "
+    print(f"{args.config}, B = {batch_size}, {torch.get_num_threads()} threads, {malloc}, "
+          f"medians of {args.steps} steps (the model's own forward and "
           "backward, phase by phase)")
     print("| phase | ms | share |")
     print("|---|---|---|")
