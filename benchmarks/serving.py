@@ -36,20 +36,21 @@ def requests(users: int, k: int, history: int, seed: int):
                      rng.integers(1, VOCAB["cate"], users * k)], 1)
     pooled = np.stack([rng.integers(0, VOCAB[f], users) for f in ("user", "age", "gender",
                                                                   "occupation")], 1)
-    return (torch.from_numpy(hist), torch.from_numpy(lengths), torch.from_numpy(cand),
+    # DINScorer's inputs: one history (ids and lengths) per attention group, here one group.
+    return ([torch.from_numpy(hist)], [torch.from_numpy(lengths)], torch.from_numpy(cand),
             torch.full((users,), k), torch.from_numpy(pooled), torch.zeros(users, 0))
 
 
 def per_row(inputs):
     """The same pairs as independent rows: every candidate gets its own copy of the history."""
-    hist, lengths, cand, counts, pooled, dense = inputs
+    (hist,), (lengths,), cand, counts, pooled, dense = inputs
     starts = torch.cumsum(lengths, 0) - lengths
     rows = []
     for u in range(lengths.numel()):
         h = hist[starts[u]:starts[u] + lengths[u]]
         rows.append(h.repeat(int(counts[u]), 1))
     user_of = torch.repeat_interleave(torch.arange(lengths.numel()), counts)
-    return (torch.cat(rows), lengths.index_select(0, user_of), cand,
+    return ([torch.cat(rows)], [lengths.index_select(0, user_of)], cand,
             torch.ones(cand.size(0), dtype=torch.long), pooled.index_select(0, user_of),
             dense.index_select(0, user_of))
 
@@ -58,7 +59,7 @@ def executed_flops(config, inputs) -> float:
     """FLOPs the shared path executes (matrix products and the per-pair element work): the
     behaviour and candidate parts of the first attention layer once per behaviour / candidate,
     the rest per (candidate, behaviour) pair, the over arch per candidate."""
-    hist, lengths, cand, counts, pooled, _ = inputs
+    (hist,), (lengths,), cand, counts, pooled, _ = inputs
     d = 2 * config["model"]["embedding_dim"]
     h1, h2 = config["model"]["attention_hidden_units"]
     n, k = hist.size(0), cand.size(0)
@@ -104,7 +105,7 @@ def main() -> None:
             copied = time_it(lambda: scorer(*rows), args.repeats)
             total = users * k
             gflops = executed_flops(config, inputs) / shared / 1e9
-            pairs = int((inputs[1] * inputs[3]).sum())
+            pairs = int((inputs[1][0] * inputs[3]).sum())
             reference = matmul_gflops(pairs, d, m["attention_hidden_units"][0], args.repeats)
             print(f"{k:>6} {users:>6} | {total / shared:>14,.0f} {total / copied:>15,.0f} | "
                   f"{copied / shared:>5.2f}x | {gflops:>14.1f} {reference:>9.1f} "

@@ -211,11 +211,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         keep_freed_memory()
     scorer = DINScorer(model, max_history).eval()
-    vocab = state["vocab"]
-    rows = {f: vocab[f] for f in scorer.features + scorer.pooled_features}
+    rows = {**model.sequence_rows, **model.pooled_rows}  # feature -> its table's rows
+    groups = list(zip(scorer.group_names, scorer.group_features))
     try:
-        requests = list(read_requests(args.input, scorer.features, scorer.pooled_features, rows,
-                                      scorer.dense_in_features))
+        requests = list(read_requests(args.input, scorer.features, groups,
+                                      scorer.pooled_features, rows, scorer.dense_in_features))
         cut = sum(history_length(r) - history_length(r, max_history) for r in requests)
         chunks = list(batches_within(requests, args.batch_users, args.max_pairs, max_history))
     except (RequestError, FileNotFoundError) as e:

@@ -23,9 +23,10 @@ USERS = [
 ]
 
 
-def _model(**overrides):
-    sets = ["features.pooled=[user, age]", "model.embedding_dim=8",
-            "model.pooled_embedding_dim=4"] + [f"model.{k}={v}" for k, v in overrides.items()]
+def _model(*sets, **overrides):
+    sets = list(sets) + ["features.pooled=[user, age]", "model.embedding_dim=8",
+                         "model.pooled_embedding_dim=4"] + [
+        f"model.{k}={v}" for k, v in overrides.items()]
     config = load_config(None, sets)
     torch.manual_seed(0)
     model = build_model(VOCAB, config)
@@ -36,16 +37,15 @@ def _model(**overrides):
     return model.eval(), config
 
 
-def _row_by_row(model):
-    """Each (user, candidate) as an independent row of the training model."""
-    keys = ["item", "cate", "hist_item", "hist_cate"]
+def _score_rows(model, keys, rows):
+    """The training model on independent rows: ``rows`` holds, per row, one id list per key
+    of ``keys`` and the row's (user, age)."""
     values, lengths, pooled = [[] for _ in keys], [[] for _ in keys], []
-    for hi, hc, ci, cc, u, a in USERS:
-        for item, cate in zip(ci, cc):
-            for k, vals in enumerate([[item], [cate], hi, hc]):
-                values[k] += vals
-                lengths[k].append(len(vals))
-            pooled.append((u, a))
+    for lists, user_age in rows:
+        for k, vals in enumerate(lists):
+            values[k] += vals
+            lengths[k].append(len(vals))
+        pooled.append(user_age)
     kjt = KeyedJaggedTensor(keys=keys, values=torch.tensor(sum(values, []), dtype=torch.long),
                             lengths=torch.tensor(sum(lengths, []), dtype=torch.long))
     n = len(pooled)
@@ -55,9 +55,16 @@ def _row_by_row(model):
     return model(kjt, pooled_kjt, torch.zeros(n, 0))
 
 
+def _row_by_row(model):
+    """Each (user, candidate) as an independent row of the training model."""
+    return _score_rows(model, ["item", "cate", "hist_item", "hist_cate"],
+                       [([[item], [cate], hi, hc], (u, a)) for hi, hc, ci, cc, u, a in USERS
+                        for item, cate in zip(ci, cc)])
+
+
 def _requests():
-    return [{"id": i, "history": [hi, hc], "candidates": [ci, cc], "pooled": [u, a], "dense": []}
-            for i, (hi, hc, ci, cc, u, a) in enumerate(USERS)]
+    return [{"id": i, "history": [[hi, hc]], "candidates": [ci, cc], "pooled": [u, a],
+             "dense": []} for i, (hi, hc, ci, cc, u, a) in enumerate(USERS)]
 
 
 @pytest.mark.parametrize("overrides", [
@@ -128,7 +135,8 @@ ROWS = {"item": 60, "cate": 9, "user": 30, "age": 5}
 ])
 def test_malformed_requests_name_the_line(text, message) -> None:
     with pytest.raises(RequestError, match=message):
-        parse_request(text, 7, ["item", "cate"], ["user", "age"], ROWS, 0)
+        parse_request(text, 7, ["item", "cate"], [("din", ["item", "cate"])], ["user", "age"],
+                      ROWS, 0)
 
 
 def test_score_cli_reports_bad_line(tmp_path, capsys) -> None:
@@ -163,3 +171,98 @@ def test_int8_scorer_scripts_and_equals_eager_int8(overrides) -> None:
     torch.testing.assert_close(scripted(*inputs), expected, rtol=1e-5, atol=1e-5)
     # int8 rows stay close to the fp32 model.
     torch.testing.assert_close(expected, _row_by_row(model), rtol=0, atol=0.05)
+
+
+TWO_GROUPS = ("features.groups=[{name: clicks, candidate: [item, cate], history: [click_item, "
+              "click_cate]}, {name: buys, candidate: [item], history: [buy_item]}]")
+# (clicked items, clicked cates, bought items, candidate items, candidate cates, user, age)
+TWO_GROUP_USERS = [
+    ([5, 9, 31], [2, 2, 7], [9], [40, 41, 5], [3, 2, 2], 12, 3),
+    ([], [], [3, 4], [7, 8], [1, 1], 3, 0),
+    ([1], [4], [], [2], [4], 29, 4),
+    (list(range(10, 30)), [i % 9 for i in range(20)], [11, 12, 13], [11, 59], [2, 8], 0, 1),
+]
+
+
+def _two_group_model(**overrides):
+    return _model(TWO_GROUPS, **overrides)
+
+
+def _two_group_rows(model, max_history=0):
+    """Each (user, candidate) as an independent row, each history cut to its newest
+    ``max_history`` (0: all) by hand."""
+    def cut(x):
+        return x[-max_history:] if max_history else x
+
+    return _score_rows(model, ["item", "cate", "click_item", "click_cate", "buy_item"],
+                       [([[item], [cate], cut(hi), cut(hc), cut(bi)], (u, a))
+                        for hi, hc, bi, ci, cc, u, a in TWO_GROUP_USERS
+                        for item, cate in zip(ci, cc)])
+
+
+def _two_group_lines():
+    return [json.dumps({"id": f"u{i}", "user": {"user": u, "age": a},
+                        "history": {"clicks": {"item": hi, "cate": hc}, "buys": {"item": bi}},
+                        "candidates": {"item": ci, "cate": cc}})
+            for i, (hi, hc, bi, ci, cc, u, a) in enumerate(TWO_GROUP_USERS)]
+
+
+@pytest.mark.parametrize("overrides", [
+    {"attention_activation": "dice", "attention_normalization": "softmax"},
+    {"attention_activation": "prelu", "use_outer_product": "true"},
+])
+def test_two_groups_score_as_row_by_row_eager_scripted_and_int8(overrides) -> None:
+    import copy
+
+    from torchrec.inference.modules import quantize_inference_model
+
+    model, _ = _two_group_model(**overrides)
+    scorer = DINScorer(model).eval()
+    assert scorer.features == ["item", "cate"]
+    assert scorer.history_features == [["click_item", "click_cate"], ["buy_item"]]
+    groups = list(zip(scorer.group_names, scorer.group_features))
+    requests = [parse_request(text, i + 1, scorer.features, groups, ["user", "age"], ROWS, 0)
+                for i, text in enumerate(_two_group_lines())]
+    inputs = to_tensors(requests)
+    expected = _two_group_rows(model)
+    torch.testing.assert_close(scorer(*inputs), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.jit.script(scorer)(*inputs), expected, rtol=1e-5,
+                               atol=1e-5)
+    # The newest 2 behaviours of each group, as training's data.max_history would keep.
+    torch.testing.assert_close(DINScorer(model, max_history=2).eval()(*inputs),
+                               _two_group_rows(model, max_history=2), rtol=1e-5, atol=1e-5)
+    int8_expected = _two_group_rows(quantize_inference_model(copy.deepcopy(model)))
+    buffer = io.BytesIO()
+    torch.jit.save(script_scorer(model, int8=True), buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(torch.jit.load(buffer)(*inputs), int8_expected, rtol=1e-5,
+                               atol=1e-5)
+    # A list per group is required; one tensor short is an error that says what is expected.
+    with pytest.raises(Exception, match="one history_ids and one history_lengths tensor per"):
+        scorer(inputs[0][:1], inputs[1][:1], *inputs[2:])
+
+
+def test_two_group_score_cli_and_its_request_errors(tmp_path) -> None:
+    model, config = _two_group_model(attention_activation="dice")
+    run = tmp_path / "run"
+    atomic_save({"model": model.state_dict(), "config": config, "vocab": VOCAB, "epoch": 0},
+                str(run / "best.pt"))
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(_two_group_lines()) + "\n")
+    out = tmp_path / "scores.jsonl"
+    assert main(["score", "--checkpoint", str(run), "--input", str(requests),
+                 "--output", str(out), "--batch-users", "3", "--max-history", "0"]) == 0
+    scores = torch.tensor(sum((json.loads(x)["scores"] for x in out.read_text().splitlines()),
+                              []))
+    torch.testing.assert_close(scores, torch.sigmoid(_two_group_rows(model)), rtol=1e-5,
+                               atol=1e-6)
+    groups = [("clicks", ["item", "cate"]), ("buys", ["item"])]
+    flat = ('{"user": {"user": 1, "age": 1}, "history": {"item": [1], "cate": [1]}, '
+            '"candidates": {"item": [3], "cate": [1]}}')
+    with pytest.raises(RequestError, match=r"line 4: missing object 'history' with one object "
+                                           r"per attention group \['clicks', 'buys'\]"):
+        parse_request(flat, 4, ["item", "cate"], groups, ["user", "age"], ROWS, 0)
+    bad = ('{"user": {"user": 1, "age": 1}, "history": {"clicks": {"item": [1], "cate": [1]}, '
+           '"buys": {"item": [60]}}, "candidates": {"item": [3], "cate": [1]}}')
+    with pytest.raises(RequestError, match=r"history.buys.item id 60 out of range"):
+        parse_request(bad, 4, ["item", "cate"], groups, ["user", "age"], ROWS, 0)

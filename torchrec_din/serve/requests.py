@@ -1,11 +1,16 @@
 """Scoring requests in JSON Lines: one user per line, many candidates each.
 
-A line::
+A line (a model with one attention group over item and cate)::
 
     {"id": "u1", "user": {"user": 12, "age": 3, "gender": 1, "occupation": 5},
      "history": {"item": [5, 9, 31], "cate": [2, 2, 7]},
      "candidates": {"item": [40, 41], "cate": [3, 2]},
      "dense": []}
+
+With several attention groups, ``history`` holds one object per group, by group name, each
+with the ids of that group's candidate features (the id spaces its history pairs with)::
+
+    "history": {"clicks": {"item": [5, 9], "cate": [2, 2]}, "buys": {"item": [9]}}
 
 Ids are the data set's dense ids (those in training). The output line is
 ``{"id": "u1", "scores": [p_40, p_41]}`` with click probabilities in candidate order.
@@ -29,24 +34,45 @@ def _ids(obj: Any, where: str, line: int) -> List[int]:
     return obj
 
 
-def parse_request(text: str, line: int, features: Sequence[str], pooled: Sequence[str],
+def _columns(obj: Any, where: str, names: Sequence[str], line: int) -> List[List[int]]:
+    """Equal-length id lists ``obj[name]`` for each name."""
+    cols = [_ids(obj.get(f), f"{where}.{f}", line) for f in names]
+    if len({len(c) for c in cols}) > 1:
+        raise RequestError(f"line {line}: {where} lists {list(names)} differ in length "
+                           f"({[len(c) for c in cols]})")
+    return cols
+
+
+def parse_request(text: str, line: int, features: Sequence[str],
+                  groups: Sequence[Tuple[str, Sequence[str]]], pooled: Sequence[str],
                   rows: Dict[str, int], dense_in_features: int) -> Dict[str, Any]:
-    """Validate one request line against the model's features and table sizes."""
+    """Validate one request line against the model's features and table sizes.
+
+    Args:
+        features: candidate features (``DINScorer.features``).
+        groups: (name, candidate features) of each attention group; its history ids are
+            given under those feature names.
+        pooled: pooled features, one id each; rows: feature -> table rows.
+    """
     try:
         req = json.loads(text)
     except json.JSONDecodeError as e:
         raise RequestError(f"line {line}: not valid JSON ({e.msg})") from None
     if not isinstance(req, dict):
         raise RequestError(f"line {line}: expected a JSON object")
-    for key in ("history", "candidates"):
-        if not isinstance(req.get(key), dict):
-            raise RequestError(f"line {line}: missing object {key!r} with lists {list(features)}")
-    hist = [_ids(req["history"].get(f), f"history.{f}", line) for f in features]
-    cand = [_ids(req["candidates"].get(f), f"candidates.{f}", line) for f in features]
-    for name, cols in (("history", hist), ("candidates", cand)):
-        if len({len(c) for c in cols}) > 1:
-            raise RequestError(f"line {line}: {name} lists {list(features)} differ in length "
-                               f"({[len(c) for c in cols]})")
+    names = [name for name, _ in groups]
+    if not isinstance(req.get("candidates"), dict):
+        raise RequestError(f"line {line}: missing object 'candidates' with lists {list(features)}")
+    history = req.get("history")
+    nested = isinstance(history, dict) and all(isinstance(history.get(n), dict) for n in names)
+    if not isinstance(history, dict) or (len(groups) > 1 and not nested):
+        expected = (f"lists {list(groups[0][1])}" if len(groups) == 1 else
+                    f"one object per attention group {names}")
+        raise RequestError(f"line {line}: missing object 'history' with {expected}")
+    hist = [_columns(history[name] if nested else history,
+                     f"history.{name}" if nested else "history", group_features, line)
+            for name, group_features in groups]
+    cand = _columns(req["candidates"], "candidates", features, line)
     if not cand[0]:
         raise RequestError(f"line {line}: no candidates")
     user = req.get("user", {})
@@ -58,8 +84,11 @@ def parse_request(text: str, line: int, features: Sequence[str], pooled: Sequenc
         if not isinstance(value, int) or isinstance(value, bool):
             raise RequestError(f"line {line}: user.{f} must be an integer id, got {value!r}")
         pooled_ids.append(value)
-    for f, cols in zip(features, zip(hist, cand)):
-        for where, values in zip(("history", "candidates"), cols):
+    checks = [("candidates", features, cand)] + [
+        (f"history.{name}" if nested else "history", group_features, cols)
+        for (name, group_features), cols in zip(groups, hist)]
+    for where, feature_names, cols in checks:
+        for f, values in zip(feature_names, cols):
             bad = [v for v in values if not 0 <= v < rows[f]]
             if bad:
                 raise RequestError(f"line {line}: {where}.{f} id {bad[0]} out of range "
@@ -74,23 +103,31 @@ def parse_request(text: str, line: int, features: Sequence[str], pooled: Sequenc
             "pooled": pooled_ids, "dense": [float(x) for x in dense]}
 
 
-def read_requests(path: str, features: Sequence[str], pooled: Sequence[str],
+def read_requests(path: str, features: Sequence[str],
+                  groups: Sequence[Tuple[str, Sequence[str]]], pooled: Sequence[str],
                   rows: Dict[str, int], dense_in_features: int) -> Iterator[Dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for number, text in enumerate(f, start=1):
             if text.strip():
-                yield parse_request(text, number, features, pooled, rows, dense_in_features)
+                yield parse_request(text, number, features, groups, pooled, rows,
+                                    dense_in_features)
 
 
 def history_length(request: Dict[str, Any], max_history: int = 0) -> int:
-    """Behaviours of a request the scorer attends to: the newest ``max_history`` (0: all)."""
-    n = len(request["history"][0]) if request["history"] else 0
-    return min(n, max_history) if max_history > 0 else n
+    """Behaviours of a request the scorer attends to, all groups together: the newest
+    ``max_history`` of each (0: all)."""
+    total = 0
+    for cols in request["history"]:
+        n = len(cols[0]) if cols else 0
+        total += min(n, max_history) if max_history > 0 else n
+    return total
 
 
 def pairs(request: Dict[str, Any], max_history: int = 0) -> int:
-    """(candidate, behaviour) pairs a request costs the attention (at least one per candidate)."""
-    return len(request["candidates"][0]) * max(history_length(request, max_history), 1)
+    """(candidate, behaviour) pairs a request costs the attention (at least one per candidate
+    and group)."""
+    groups = max(len(request["history"]), 1)
+    return len(request["candidates"][0]) * max(history_length(request, max_history), groups)
 
 
 def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: int,
@@ -115,14 +152,16 @@ def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: in
         yield chunk
 
 
-def to_tensors(requests: List[Dict[str, Any]]) -> Tuple[Tensor, ...]:
-    """Scorer inputs for a list of parsed requests (users back to back)."""
-    hist = [torch.tensor(r["history"], dtype=torch.long).reshape(len(r["history"]), -1).t()
-            for r in requests]
+def to_tensors(requests: List[Dict[str, Any]]) -> Tuple[Any, ...]:
+    """:class:`DINScorer` inputs for a list of parsed requests (users back to back): per
+    group history ids and lengths (lists), candidate ids and counts, pooled ids, dense."""
+    groups = len(requests[0]["history"])
+    hist = [[torch.tensor(r["history"][g], dtype=torch.long).reshape(
+        len(r["history"][g]), -1).t() for r in requests] for g in range(groups)]
     cand = [torch.tensor(r["candidates"], dtype=torch.long).t() for r in requests]
     return (
-        torch.cat(hist, 0),
-        torch.tensor([h.size(0) for h in hist], dtype=torch.long),
+        [torch.cat(h, 0) for h in hist],
+        [torch.tensor([x.size(0) for x in h], dtype=torch.long) for h in hist],
         torch.cat(cand, 0),
         torch.tensor([c.size(0) for c in cand], dtype=torch.long),
         torch.tensor([r["pooled"] for r in requests], dtype=torch.long).reshape(len(requests), -1),

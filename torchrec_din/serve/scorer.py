@@ -19,23 +19,24 @@ from torchrec_din.models.din import DINModel
 class DINScorer(nn.Module):
     """A TorchScript-able scorer around a trained DIN or BaseModel (fp32 or int8 tables).
 
-    Supports models whose attention groups read candidate features paired one to one with
-    history features (as ``torchrec_din.train`` builds them: one group), every activation,
-    normalization and the outer product, pooled features with one id per user, and dense
-    features per user. Call ``.eval()`` first (Dice then uses its running statistics, so
-    every score is independent of the rest of the request).
+    Supports every model ``torchrec_din.train`` builds: any number of attention groups (each
+    with its own history, all against the same candidates), every activation, normalization
+    and the outer product, pooled features with one id per user, and dense features per
+    user. Call ``.eval()`` first (Dice then uses its running statistics, so every score is
+    independent of the rest of the request).
 
     Args:
         model (DINModel): a trained DIN or BaseModel (unsharded; may be quantized with
             ``torchrec.inference.modules.quantize_inference_model``).
-        max_history (int): keep each user's newest ``max_history`` behaviours, as training
-            did (``data.max_history``); 0 keeps all.
+        max_history (int): keep each user's newest ``max_history`` behaviours of every
+            group, as training did (``data.max_history``); 0 keeps all.
 
-    Call args:
-        history_ids: [N, F] history ids, one column per group feature (e.g. item, cate),
-            users back to back, oldest..newest.
-        history_lengths: [U] behaviours per user.
-        candidate_ids: [K, F] candidate ids, users back to back.
+    Call args (G attention groups, U users, K candidates in all):
+        history_ids: G tensors, group g's [N_g, F_g] history ids, one column per feature of
+            ``history_features[g]``, users back to back, oldest..newest.
+        history_lengths: G tensors [U], behaviours per user in each group.
+        candidate_ids: [K, F] candidate ids, one column per feature of ``features``, users
+            back to back.
         candidate_counts: [U] candidates per user.
         pooled_ids: [U, P] one id per pooled feature (in ``pooled_features`` order).
         dense: [U, F_dense] dense features per user.
@@ -45,8 +46,8 @@ class DINScorer(nn.Module):
 
     Example::
 
-        scorer = torch.jit.script(DINScorer(trained).eval())
-        logits = scorer(hist, torch.tensor([3]), cands, torch.tensor([2]), pooled, dense)
+        scorer = torch.jit.script(DINScorer(trained).eval())  # one group: item, cate
+        logits = scorer([hist], [torch.tensor([3])], cands, torch.tensor([2]), pooled, dense)
     """
 
     def __init__(self, model: DINModel, max_history: int = 0) -> None:
@@ -54,61 +55,86 @@ class DINScorer(nn.Module):
         if max_history < 0:
             raise ValueError(f"max_history must be >= 0, got {max_history}")
         interaction = model.interaction
-        if len(interaction.groups) != 1:
-            raise ValueError("DINScorer supports models with exactly one attention group")
-        group = interaction.groups[0]
         self.max_history: int = max_history
-        self.features: List[str] = list(group.candidate_features)
-        self.history_features: List[str] = list(group.history_features)
+        self.group_names: List[str] = list(interaction.group_names)
+        # Candidate features in the order the model's KJT lists them (a feature shared by
+        # groups once); each group's history columns pair with its candidate features.
+        self.features: List[str] = []
+        for g in interaction.groups:
+            self.features += [f for f in g.candidate_features if f not in self.features]
+        self.group_features: List[List[str]] = [list(g.candidate_features)
+                                                for g in interaction.groups]
+        self.history_features: List[List[str]] = [list(g.history_features)
+                                                  for g in interaction.groups]
         self.pooled_features: List[str] = list(model.pooled_keys)
         self.dense_in_features: int = model.dense_in_features
         self.model = model
 
     def forward(
         self,
-        history_ids: Tensor,
-        history_lengths: Tensor,
+        history_ids: List[Tensor],
+        history_lengths: List[Tensor],
         candidate_ids: Tensor,
         candidate_counts: Tensor,
         pooled_ids: Tensor,
         dense: Tensor,
     ) -> Tensor:
-        num_users = history_lengths.numel()
-        if self.max_history > 0:
-            # Newest max_history behaviours of each user (histories run oldest..newest).
-            seg = torch.repeat_interleave(torch.arange(num_users, device=history_ids.device),
-                                          history_lengths, output_size=history_ids.size(0))
-            ends = torch.cumsum(history_lengths, 0).index_select(0, seg)
-            from_end = ends - torch.arange(history_ids.size(0), device=history_ids.device)
-            history_ids = history_ids[from_end <= self.max_history]
-            history_lengths = history_lengths.clamp(max=self.max_history)
         sequence, pooled = request_kjts(
             self.features, self.history_features, self.pooled_features, history_ids,
-            history_lengths, candidate_ids, candidate_counts, pooled_ids)
+            history_lengths, candidate_ids, candidate_counts, pooled_ids, self.max_history)
         return self.model.forward_grouped(sequence, pooled, dense)
+
+
+def newest(ids: Tensor, lengths: Tensor, max_history: int) -> Tuple[Tensor, Tensor]:
+    """Each user's newest ``max_history`` rows of ``ids`` (users back to back, each
+    oldest..newest, ``lengths`` [U] rows each) and the new lengths."""
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=ids.device), lengths,
+                                  output_size=ids.size(0))
+    ends = torch.cumsum(lengths, 0).index_select(0, seg)
+    from_end = ends - torch.arange(ids.size(0), device=ids.device)
+    return ids[from_end <= max_history], lengths.clamp(max=max_history)
 
 
 def request_kjts(
     features: List[str],
-    history_features: List[str],
+    history_features: List[List[str]],
     pooled_features: List[str],
-    history_ids: Tensor,
-    history_lengths: Tensor,
+    history_ids: List[Tensor],
+    history_lengths: List[Tensor],
     candidate_ids: Tensor,
     candidate_counts: Tensor,
     pooled_ids: Tensor,
+    max_history: int = 0,
 ) -> Tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
     """The model's inputs in the grouped form: candidate features with K_u ids per user,
-    history features with the user's behaviours, pooled features with one id per user."""
+    each group's history features with the user's behaviours in that group (the newest
+    ``max_history``, 0: all), pooled features with one id per user."""
+    groups = len(history_features)
+    if len(history_ids) != groups or len(history_lengths) != groups:
+        raise ValueError("expected one history_ids and one history_lengths tensor per "
+                         "attention group (" + str(groups) + "), got "
+                         + str(len(history_ids)) + " and " + str(len(history_lengths)))
+    keys: List[str] = []
     values: List[Tensor] = []
     lengths: List[Tensor] = []
     for i in range(len(features)):
+        keys.append(features[i])
         values.append(candidate_ids[:, i])
         lengths.append(candidate_counts)
-    for i in range(len(history_features)):
-        values.append(history_ids[:, i])
-        lengths.append(history_lengths)
-    sequence = KeyedJaggedTensor(keys=features + history_features, values=torch.cat(values),
+    for g in range(groups):
+        ids, group_lengths = history_ids[g], history_lengths[g]
+        if ids.dim() != 2 or ids.size(1) != len(history_features[g]):
+            raise ValueError("history_ids[" + str(g) + "] must be [N, "
+                             + str(len(history_features[g])) + "] (columns "
+                             + ", ".join(history_features[g]) + "), got "
+                             + str(list(ids.shape)))
+        if max_history > 0:
+            ids, group_lengths = newest(ids, group_lengths, max_history)
+        for i in range(len(history_features[g])):
+            keys.append(history_features[g][i])
+            values.append(ids[:, i])
+            lengths.append(group_lengths)
+    sequence = KeyedJaggedTensor(keys=keys, values=torch.cat(values),
                                  lengths=torch.cat(lengths))
     pooled = KeyedJaggedTensor(
         keys=pooled_features, values=pooled_ids.t().reshape(-1),
@@ -116,6 +142,7 @@ def request_kjts(
     return sequence, pooled
 
 
-# A leaf in fx graphs (it builds KeyedJaggedTensors), so that the int8 scorer can follow
-# TorchRec's inference recipe: torchrec.fx.symbolic_trace, then torch.jit.script.
+# A leaf in fx graphs (it builds KeyedJaggedTensors and loops over the request's lists), so
+# that the int8 scorer can follow TorchRec's inference recipe: torchrec.fx.symbolic_trace,
+# then torch.jit.script.
 torch.fx.wrap("request_kjts")
