@@ -40,7 +40,7 @@ def _child(setting: str, sizes: List[int], repeats: int) -> Dict[str, Any]:
     from torchrec.sparse.jagged_tensor import JaggedTensor
 
     from attention import D, HIDDEN, time_it  # benchmarks/attention.py
-    from serving import requests, VOCAB  # benchmarks/serving.py
+    from serving import requests, scorer_inputs, VOCAB  # benchmarks/serving.py
     from torchrec_din import DINTrain, JaggedTargetAttention
     from torchrec_din.data.loader import DINDataset
     from torchrec_din.data.schema import FeatureSchema
@@ -85,7 +85,7 @@ def _child(setting: str, sizes: List[int], repeats: int) -> Dict[str, Any]:
         out[f"step_ms_{batch_size}"] = time_it(steps, repeats) / len(batches) * 1e3
 
     scorer = DINScorer(build_model(VOCAB, config).eval()).eval()
-    inputs = requests(1, 1000, 50, seed=1000)
+    inputs = scorer_inputs(requests(1, 1000, 50, seed=1000))
     with torch.no_grad():
         out["serving_cand_s"] = 1000 / time_it(lambda: scorer(*inputs), repeats)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -21,9 +21,11 @@ import torch
 from attention import add_malloc_flag, apply_malloc, time_it
 
 from torchrec_din.serve import DINScorer
+from torchrec_din.serve.scorer import pooled_kjt
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.config import load_config
 
+POOLED = ["user", "age", "gender", "occupation"]  # the config's features.pooled
 VOCAB = {"item": 1683, "cate": 20, "user": 944, "age": 8, "gender": 3, "occupation": 22}
 
 
@@ -34,11 +36,16 @@ def requests(users: int, k: int, history: int, seed: int):
     hist = np.stack([rng.integers(1, VOCAB["item"], n), rng.integers(1, VOCAB["cate"], n)], 1)
     cand = np.stack([rng.integers(1, VOCAB["item"], users * k),
                      rng.integers(1, VOCAB["cate"], users * k)], 1)
-    pooled = np.stack([rng.integers(0, VOCAB[f], users) for f in ("user", "age", "gender",
-                                                                  "occupation")], 1)
+    pooled = np.stack([rng.integers(0, VOCAB[f], users) for f in POOLED], 1)
     # DINScorer's inputs: one history (ids and lengths) per attention group, here one group.
     return ([torch.from_numpy(hist)], [torch.from_numpy(lengths)], torch.from_numpy(cand),
             torch.full((users,), k), torch.from_numpy(pooled), torch.zeros(users, 0))
+
+
+def scorer_inputs(inputs):
+    """DINScorer's arguments: the [U, P] pooled id matrix as the pooled KeyedJaggedTensor."""
+    hist, lengths, cand, counts, pooled, dense = inputs
+    return hist, lengths, cand, counts, pooled_kjt(POOLED, pooled), dense
 
 
 def per_row(inputs):
@@ -99,9 +106,12 @@ def main() -> None:
     with torch.no_grad():
         for k, users in ((100, 8), (1000, 1)):
             inputs = requests(users, k, args.history, seed=k)
-            rows = per_row(inputs)
-            torch.testing.assert_close(scorer(*inputs), scorer(*rows), rtol=1e-4, atol=1e-4)
-            shared = time_it(lambda: scorer(*inputs), args.repeats)
+            rows = scorer_inputs(per_row(inputs))
+            assert scorer.pooled_features == POOLED
+            shared_inputs = scorer_inputs(inputs)
+            torch.testing.assert_close(scorer(*shared_inputs), scorer(*rows), rtol=1e-4,
+                                       atol=1e-4)
+            shared = time_it(lambda: scorer(*shared_inputs), args.repeats)
             copied = time_it(lambda: scorer(*rows), args.repeats)
             total = users * k
             gflops = executed_flops(config, inputs) / shared / 1e9

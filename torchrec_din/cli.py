@@ -227,7 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
     lines = []
     with torch.no_grad():
         for chunk in chunks:
-            probs = torch.sigmoid(scorer(*to_tensors(chunk))).tolist()
+            probs = torch.sigmoid(scorer(*to_tensors(chunk, scorer.pooled_features))).tolist()
             offset = 0
             for r in chunk:
                 k = len(r["candidates"][0])

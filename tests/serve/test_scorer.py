@@ -14,6 +14,7 @@ from torchrec_din.train.checkpoint import atomic_save
 from torchrec_din.train.config import load_config
 
 VOCAB = {"item": 60, "cate": 9, "user": 30, "age": 5}
+POOLED = ["user", "age"]
 # (history items, history cates, candidate items, candidate cates, user, age) per user
 USERS = [
     ([5, 9, 31], [2, 2, 7], [40, 41, 5], [3, 2, 2], 12, 3),
@@ -37,33 +38,35 @@ def _model(*sets, **overrides):
     return model.eval(), config
 
 
-def _score_rows(model, keys, rows):
+def _score_rows(model, keys, rows, pooled_keys=("user", "age")):
     """The training model on independent rows: ``rows`` holds, per row, one id list per key
-    of ``keys`` and the row's (user, age)."""
-    values, lengths, pooled = [[] for _ in keys], [[] for _ in keys], []
-    for lists, user_age in rows:
+    of ``keys`` and one per pooled key."""
+    values, lengths = [[] for _ in keys], [[] for _ in keys]
+    pooled_values, pooled_lengths = [[] for _ in pooled_keys], [[] for _ in pooled_keys]
+    for lists, pooled_lists in rows:
         for k, vals in enumerate(lists):
             values[k] += vals
             lengths[k].append(len(vals))
-        pooled.append(user_age)
+        for k, vals in enumerate(pooled_lists):
+            pooled_values[k] += vals
+            pooled_lengths[k].append(len(vals))
     kjt = KeyedJaggedTensor(keys=keys, values=torch.tensor(sum(values, []), dtype=torch.long),
                             lengths=torch.tensor(sum(lengths, []), dtype=torch.long))
-    n = len(pooled)
     pooled_kjt = KeyedJaggedTensor(
-        keys=["user", "age"], values=torch.tensor([p[0] for p in pooled] + [p[1] for p in pooled]),
-        lengths=torch.ones(2 * n, dtype=torch.long))
-    return model(kjt, pooled_kjt, torch.zeros(n, 0))
+        keys=list(pooled_keys), values=torch.tensor(sum(pooled_values, []), dtype=torch.long),
+        lengths=torch.tensor(sum(pooled_lengths, []), dtype=torch.long))
+    return model(kjt, pooled_kjt, torch.zeros(len(rows), 0))
 
 
 def _row_by_row(model):
     """Each (user, candidate) as an independent row of the training model."""
     return _score_rows(model, ["item", "cate", "hist_item", "hist_cate"],
-                       [([[item], [cate], hi, hc], (u, a)) for hi, hc, ci, cc, u, a in USERS
+                       [([[item], [cate], hi, hc], ([u], [a])) for hi, hc, ci, cc, u, a in USERS
                         for item, cate in zip(ci, cc)])
 
 
 def _requests():
-    return [{"id": i, "history": [[hi, hc]], "candidates": [ci, cc], "pooled": [u, a],
+    return [{"id": i, "history": [[hi, hc]], "candidates": [ci, cc], "pooled": [[u], [a]],
              "dense": []} for i, (hi, hc, ci, cc, u, a) in enumerate(USERS)]
 
 
@@ -80,7 +83,7 @@ def test_multi_candidate_equals_row_by_row_and_script(overrides) -> None:
     model, _ = _model(**overrides)
     expected = _row_by_row(model)
     scorer = DINScorer(model).eval()
-    inputs = to_tensors(_requests())
+    inputs = to_tensors(_requests(), POOLED)
     torch.testing.assert_close(scorer(*inputs), expected, rtol=1e-5, atol=1e-5)
     scripted = torch.jit.script(scorer)
     torch.testing.assert_close(scripted(*inputs), expected, rtol=1e-5, atol=1e-5)
@@ -95,12 +98,12 @@ def test_export_roundtrip_and_score_cli(tmp_path) -> None:
     expected = _row_by_row(model)
     path = str(tmp_path / "scorer.pt")
     export_scorer(loaded, path)
-    torch.testing.assert_close(torch.jit.load(path)(*to_tensors(_requests())), expected,
+    torch.testing.assert_close(torch.jit.load(path)(*to_tensors(_requests(), POOLED)), expected,
                                rtol=1e-5, atol=1e-5)
 
     int8_path = tmp_path / "scorer_int8.pt"
     assert main(["export", "--checkpoint", str(run), "--output", str(int8_path), "--int8"]) == 0
-    torch.testing.assert_close(torch.jit.load(str(int8_path))(*to_tensors(_requests())),
+    torch.testing.assert_close(torch.jit.load(str(int8_path))(*to_tensors(_requests(), POOLED)),
                                expected, rtol=0, atol=0.05)
 
     requests = tmp_path / "requests.jsonl"
@@ -162,7 +165,7 @@ def test_int8_scorer_scripts_and_equals_eager_int8(overrides) -> None:
     model, _ = _model(**overrides)
     int8 = quantize_inference_model(copy.deepcopy(model))
     expected = _row_by_row(int8)  # the quantized model scoring each (user, candidate) row
-    inputs = to_tensors(_requests())
+    inputs = to_tensors(_requests(), POOLED)
     torch.testing.assert_close(DINScorer(int8).eval()(*inputs), expected, rtol=1e-5, atol=1e-5)
     buffer = io.BytesIO()
     torch.jit.save(script_scorer(model, int8=True), buffer)
@@ -195,7 +198,7 @@ def _two_group_rows(model, max_history=0):
         return x[-max_history:] if max_history else x
 
     return _score_rows(model, ["item", "cate", "click_item", "click_cate", "buy_item"],
-                       [([[item], [cate], cut(hi), cut(hc), cut(bi)], (u, a))
+                       [([[item], [cate], cut(hi), cut(hc), cut(bi)], ([u], [a]))
                         for hi, hc, bi, ci, cc, u, a in TWO_GROUP_USERS
                         for item, cate in zip(ci, cc)])
 
@@ -223,7 +226,7 @@ def test_two_groups_score_as_row_by_row_eager_scripted_and_int8(overrides) -> No
     groups = list(zip(scorer.group_names, scorer.group_features))
     requests = [parse_request(text, i + 1, scorer.features, groups, ["user", "age"], ROWS, 0)
                 for i, text in enumerate(_two_group_lines())]
-    inputs = to_tensors(requests)
+    inputs = to_tensors(requests, POOLED)
     expected = _two_group_rows(model)
     torch.testing.assert_close(scorer(*inputs), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.jit.script(scorer)(*inputs), expected, rtol=1e-5,
@@ -266,3 +269,37 @@ def test_two_group_score_cli_and_its_request_errors(tmp_path) -> None:
            '"buys": {"item": [60]}}, "candidates": {"item": [3], "cate": [1]}}')
     with pytest.raises(RequestError, match=r"history.buys.item id 60 out of range"):
         parse_request(bad, 4, ["item", "cate"], groups, ["user", "age"], ROWS, 0)
+
+
+def test_multi_hot_pooled_feature_serves_as_it_trains(tmp_path) -> None:
+    """A pooled feature with a list of ids per user (tags): the request's list reaches the
+    model's EmbeddingBagCollection as one jagged row, equal to the model's own scoring."""
+    vocab = dict(VOCAB, tags=12)
+    config = load_config(None, ["features.pooled=[user, tags]", "model.embedding_dim=8",
+                                "model.pooled_embedding_dim=4"])
+    torch.manual_seed(0)
+    model = build_model(vocab, config).eval()
+    tags = [[1, 5, 7], [], [11], [0, 0]]
+    users = [(hi, hc, ci, cc, u, t) for (hi, hc, ci, cc, u, _), t in zip(USERS, tags)]
+    lines = [json.dumps({"id": i, "user": {"user": u, "tags": t},
+                         "history": {"item": hi, "cate": hc},
+                         "candidates": {"item": ci, "cate": cc}})
+             for i, (hi, hc, ci, cc, u, t) in enumerate(users)]
+    scorer = DINScorer(model).eval()
+    rows = {**model.sequence_rows, **model.pooled_rows}
+    groups = list(zip(scorer.group_names, scorer.group_features))
+    requests = [parse_request(x, i + 1, scorer.features, groups, scorer.pooled_features, rows, 0)
+                for i, x in enumerate(lines)]
+    got = torch.jit.script(scorer)(*to_tensors(requests, scorer.pooled_features))
+    # The model itself, one row per (user, candidate), tags as a jagged pooled feature.
+    expected = _score_rows(model, ["item", "cate", "hist_item", "hist_cate"],
+                           [([[item], [cate], hi, hc], ([u], t)) for hi, hc, ci, cc, u, t in users
+                            for item, cate in zip(ci, cc)], pooled_keys=("user", "tags"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # Tags matter: dropping them changes the scores.
+    requests[0]["pooled"][1] = []
+    assert not torch.allclose(scorer(*to_tensors(requests, scorer.pooled_features))[:3],
+                              expected[:3])
+    with pytest.raises(RequestError, match=r"line 2: user.tags id 12 out of range \[0, 12\)"):
+        parse_request(lines[0].replace("[1, 5, 7]", "[1, 12]"), 2, scorer.features, groups,
+                      scorer.pooled_features, rows, 0)

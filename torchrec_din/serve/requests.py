@@ -12,6 +12,7 @@ with the ids of that group's candidate features (the id spaces its history pairs
 
     "history": {"clicks": {"item": [5, 9], "cate": [2, 2]}, "buys": {"item": [9]}}
 
+A pooled feature takes one id, or a list of ids where it is multi-hot (``"tags": [3, 8]``).
 Ids are the data set's dense ids (those in training). The output line is
 ``{"id": "u1", "scores": [p_40, p_41]}`` with click probabilities in candidate order.
 """
@@ -20,7 +21,7 @@ import json
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
 class RequestError(ValueError):
@@ -52,7 +53,7 @@ def parse_request(text: str, line: int, features: Sequence[str],
         features: candidate features (``DINScorer.features``).
         groups: (name, candidate features) of each attention group; its history ids are
             given under those feature names.
-        pooled: pooled features, one id each; rows: feature -> table rows.
+        pooled: pooled features (an id or a list of ids each); rows: feature -> table rows.
     """
     try:
         req = json.loads(text)
@@ -78,12 +79,15 @@ def parse_request(text: str, line: int, features: Sequence[str],
     user = req.get("user", {})
     if pooled and not isinstance(user, dict):
         raise RequestError(f"line {line}: 'user' must be an object with {list(pooled)}")
-    pooled_ids = []
+    pooled_ids: List[List[int]] = []
     for f in pooled:
         value = user.get(f)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise RequestError(f"line {line}: user.{f} must be an integer id, got {value!r}")
-        pooled_ids.append(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        elif not isinstance(value, list):
+            raise RequestError(f"line {line}: user.{f} must be an integer id or a list of "
+                               f"them, got {value!r:.80}")
+        pooled_ids.append(_ids(value, f"user.{f}", line))
     checks = [("candidates", features, cand)] + [
         (f"history.{name}" if nested else "history", group_features, cols)
         for (name, group_features), cols in zip(groups, hist)]
@@ -93,9 +97,10 @@ def parse_request(text: str, line: int, features: Sequence[str],
             if bad:
                 raise RequestError(f"line {line}: {where}.{f} id {bad[0]} out of range "
                                    f"[0, {rows[f]})")
-    for f, value in zip(pooled, pooled_ids):
-        if not 0 <= value < rows[f]:
-            raise RequestError(f"line {line}: user.{f} id {value} out of range [0, {rows[f]})")
+    for f, values in zip(pooled, pooled_ids):
+        bad = [v for v in values if not 0 <= v < rows[f]]
+        if bad:
+            raise RequestError(f"line {line}: user.{f} id {bad[0]} out of range [0, {rows[f]})")
     dense = req.get("dense", [])
     if not isinstance(dense, list) or len(dense) != dense_in_features:
         raise RequestError(f"line {line}: dense must be a list of {dense_in_features} numbers")
@@ -152,18 +157,24 @@ def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: in
         yield chunk
 
 
-def to_tensors(requests: List[Dict[str, Any]]) -> Tuple[Any, ...]:
+def to_tensors(requests: List[Dict[str, Any]],
+               pooled_features: Sequence[str]) -> Tuple[Any, ...]:
     """:class:`DINScorer` inputs for a list of parsed requests (users back to back): per
-    group history ids and lengths (lists), candidate ids and counts, pooled ids, dense."""
+    group history ids and lengths (lists), candidate ids and counts, the pooled features'
+    KeyedJaggedTensor (keys ``pooled_features``, one row per user), dense."""
     groups = len(requests[0]["history"])
     hist = [[torch.tensor(r["history"][g], dtype=torch.long).reshape(
         len(r["history"][g]), -1).t() for r in requests] for g in range(groups)]
     cand = [torch.tensor(r["candidates"], dtype=torch.long).t() for r in requests]
+    pooled = [r["pooled"][i] for i in range(len(pooled_features)) for r in requests]
     return (
         [torch.cat(h, 0) for h in hist],
         [torch.tensor([x.size(0) for x in h], dtype=torch.long) for h in hist],
         torch.cat(cand, 0),
         torch.tensor([c.size(0) for c in cand], dtype=torch.long),
-        torch.tensor([r["pooled"] for r in requests], dtype=torch.long).reshape(len(requests), -1),
-        torch.tensor([r["dense"] for r in requests], dtype=torch.float32).reshape(len(requests), -1),
+        KeyedJaggedTensor(keys=list(pooled_features),
+                          values=torch.tensor(sum(pooled, []), dtype=torch.long),
+                          lengths=torch.tensor([len(p) for p in pooled], dtype=torch.long)),
+        torch.tensor([r["dense"] for r in requests],
+                     dtype=torch.float32).reshape(len(requests), -1),
     )

@@ -21,7 +21,7 @@ class DINScorer(nn.Module):
 
     Supports every model ``torchrec_din.train`` builds: any number of attention groups (each
     with its own history, all against the same candidates), every activation, normalization
-    and the outer product, pooled features with one id per user, and dense features per
+    and the outer product, pooled features (single- or multi-hot) and dense features per
     user. Call ``.eval()`` first (Dice then uses its running statistics, so every score is
     independent of the rest of the request).
 
@@ -38,7 +38,9 @@ class DINScorer(nn.Module):
         candidate_ids: [K, F] candidate ids, one column per feature of ``features``, users
             back to back.
         candidate_counts: [U] candidates per user.
-        pooled_ids: [U, P] one id per pooled feature (in ``pooled_features`` order).
+        pooled: KeyedJaggedTensor of the pooled features (``pooled_features``), one row per
+            user, any number of ids each (:func:`pooled_kjt` builds it from a [U, P] id
+            matrix).
         dense: [U, F_dense] dense features per user.
 
     Returns:
@@ -47,7 +49,8 @@ class DINScorer(nn.Module):
     Example::
 
         scorer = torch.jit.script(DINScorer(trained).eval())  # one group: item, cate
-        logits = scorer([hist], [torch.tensor([3])], cands, torch.tensor([2]), pooled, dense)
+        logits = scorer([hist], [torch.tensor([3])], cands, torch.tensor([2]),
+                        pooled_kjt(scorer.pooled_features, user_ids), dense)
     """
 
     def __init__(self, model: DINModel, max_history: int = 0) -> None:
@@ -76,13 +79,21 @@ class DINScorer(nn.Module):
         history_lengths: List[Tensor],
         candidate_ids: Tensor,
         candidate_counts: Tensor,
-        pooled_ids: Tensor,
+        pooled: KeyedJaggedTensor,
         dense: Tensor,
     ) -> Tensor:
-        sequence, pooled = request_kjts(
-            self.features, self.history_features, self.pooled_features, history_ids,
-            history_lengths, candidate_ids, candidate_counts, pooled_ids, self.max_history)
+        sequence = request_kjt(self.features, self.history_features, history_ids,
+                               history_lengths, candidate_ids, candidate_counts,
+                               self.max_history)
         return self.model.forward_grouped(sequence, pooled, dense)
+
+
+def pooled_kjt(pooled_features: List[str], ids: Tensor) -> KeyedJaggedTensor:
+    """Pooled features with one id each: ``ids`` [U, P] (columns in ``pooled_features``
+    order) as the KeyedJaggedTensor :class:`DINScorer` takes."""
+    return KeyedJaggedTensor(
+        keys=pooled_features, values=ids.t().reshape(-1),
+        lengths=torch.ones(ids.numel(), dtype=torch.long, device=ids.device))
 
 
 def newest(ids: Tensor, lengths: Tensor, max_history: int) -> Tuple[Tensor, Tensor]:
@@ -95,20 +106,18 @@ def newest(ids: Tensor, lengths: Tensor, max_history: int) -> Tuple[Tensor, Tens
     return ids[from_end <= max_history], lengths.clamp(max=max_history)
 
 
-def request_kjts(
+def request_kjt(
     features: List[str],
     history_features: List[List[str]],
-    pooled_features: List[str],
     history_ids: List[Tensor],
     history_lengths: List[Tensor],
     candidate_ids: Tensor,
     candidate_counts: Tensor,
-    pooled_ids: Tensor,
     max_history: int = 0,
-) -> Tuple[KeyedJaggedTensor, KeyedJaggedTensor]:
-    """The model's inputs in the grouped form: candidate features with K_u ids per user,
-    each group's history features with the user's behaviours in that group (the newest
-    ``max_history``, 0: all), pooled features with one id per user."""
+) -> KeyedJaggedTensor:
+    """The model's sequence features in the grouped form: candidate features with K_u ids
+    per user, each group's history features with the user's behaviours in that group (the
+    newest ``max_history``, 0: all)."""
     groups = len(history_features)
     if len(history_ids) != groups or len(history_lengths) != groups:
         raise ValueError("expected one history_ids and one history_lengths tensor per "
@@ -134,15 +143,10 @@ def request_kjts(
             keys.append(history_features[g][i])
             values.append(ids[:, i])
             lengths.append(group_lengths)
-    sequence = KeyedJaggedTensor(keys=keys, values=torch.cat(values),
-                                 lengths=torch.cat(lengths))
-    pooled = KeyedJaggedTensor(
-        keys=pooled_features, values=pooled_ids.t().reshape(-1),
-        lengths=torch.ones(pooled_ids.numel(), dtype=torch.long, device=pooled_ids.device))
-    return sequence, pooled
+    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
 
 
 # A leaf in fx graphs (it builds KeyedJaggedTensors and loops over the request's lists), so
 # that the int8 scorer can follow TorchRec's inference recipe: torchrec.fx.symbolic_trace,
 # then torch.jit.script.
-torch.fx.wrap("request_kjts")
+torch.fx.wrap("request_kjt")
