@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.cli import main
 from torchrec_din.data.loader import _identity
@@ -196,3 +197,29 @@ def test_two_groups_multi_hot_and_dense_train_from_the_cli(tmp_path) -> None:
     assert [g.name for g in model.interaction.groups] == ["clicks", "buys"]
     assert model.dense_in_features == 1
     assert model.embedding_bag_collection.embedding_bag_configs()[1].feature_names == ["tags"]
+
+    # Served from the same files: test rows as score requests (both histories, the multi-hot
+    # tags, the dense price) give the model's own probabilities on those rows.
+    rows = pq.read_table(tmp_path / "test.parquet").slice(0, 6).to_pylist()
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({
+        "id": i, "user": {"user": r["user"], "tags": r["tags"]}, "dense": [r["price"]],
+        "history": {"clicks": {"item": r["click_item"], "cate": r["click_cate"]},
+                    "buys": {"item": r["buy_item"]}},
+        "candidates": {"item": [r["item"]], "cate": [r["cate"]]}}) + "\n"
+        for i, r in enumerate(rows)))
+    scores_path = tmp_path / "scores.jsonl"
+    assert main(["score", "--checkpoint", str(out), "--input", str(requests),
+                 "--output", str(scores_path)]) == 0
+    scores = [json.loads(x)["scores"][0] for x in scores_path.read_text().splitlines()]
+    keys = ["item", "cate", "click_item", "click_cate", "buy_item"]
+    lists = [[[r[k]] if k in ("item", "cate") else r[k] for r in rows] for k in keys]
+    kjt = KeyedJaggedTensor(keys=keys, values=torch.tensor(sum(sum(lists, []), [])),
+                            lengths=torch.tensor([len(x) for col in lists for x in col]))
+    pooled = KeyedJaggedTensor(
+        keys=["user", "tags"], values=torch.tensor([r["user"] for r in rows]
+                                                   + sum((r["tags"] for r in rows), [])),
+        lengths=torch.tensor([1] * len(rows) + [len(r["tags"]) for r in rows]))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(kjt, pooled, torch.tensor([[r["price"]] for r in rows])))
+    torch.testing.assert_close(torch.tensor(scores), expected, rtol=1e-5, atol=1e-6)
