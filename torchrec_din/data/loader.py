@@ -5,9 +5,8 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_din.data.batch import DINBatch
+from torchrec_din.data.batch import build_batch, DINBatch
 from torchrec_din.data.samples import range_positions, SampleTable
 from torchrec_din.data.schema import FeatureSchema
 
@@ -86,29 +85,17 @@ class DINDataset(Dataset):
         else:
             rows = self.rows[positions]
             samples, counts = rows, np.ones(rows.size, dtype=np.int64)
-        b = rows.size
         flat, lengths = t.history_positions(rows)
-        nc, nh = len(self.candidate_columns), len(self.history_columns)
-        seq = KeyedJaggedTensor(
-            keys=self.schema.sequence_features(),
-            values=torch.from_numpy(np.concatenate(
-                [c[samples] for c in self.candidate_columns]
-                + [h[flat] for h in self.history_columns])),
-            lengths=torch.from_numpy(np.concatenate([counts] * nc + [lengths] * nh)),
-        )
-        pooled: Optional[KeyedJaggedTensor] = None
-        if self.pooled_columns:
-            users = t.user_row[rows]
-            pooled = KeyedJaggedTensor(
-                keys=list(self.schema.pooled),
-                values=torch.from_numpy(np.concatenate([p[users] for p in self.pooled_columns])),
-                lengths=torch.from_numpy(np.ones(b * len(self.pooled_columns), np.int64)),
-            )
-        return DINBatch(
-            sequence_features=seq,
-            pooled_features=pooled,
-            dense_features=torch.zeros(b, 0),
-            labels=torch.from_numpy(t.label[samples].astype(np.float32)),
+        ones = np.ones(rows.size, np.int64)
+        users = t.user_row[rows]
+        return build_batch(
+            self.schema,
+            candidates=[c[samples] for c in self.candidate_columns],
+            num_candidates=counts,
+            histories=[(h[flat], lengths) for h in self.history_columns],
+            pooled=[(p[users], ones) for p in self.pooled_columns],
+            dense=np.zeros((rows.size, 0), np.float32),
+            labels=t.label[samples],
         )
 
 

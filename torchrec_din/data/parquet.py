@@ -30,11 +30,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_din.data.batch import DINBatch
+from torchrec_din.data.batch import build_batch, DINBatch
 from torchrec_din.data.samples import range_positions
 from torchrec_din.data.schema import FeatureSchema
 
@@ -238,41 +236,20 @@ class _Window:
 
     def batch(self, rows: np.ndarray, schema: FeatureSchema) -> DINBatch:
         """The DINBatch of window rows ``rows`` (no padding: jagged gathers)."""
-        b = rows.size
-        ones = np.ones(b, np.int64)
-        seq_values, seq_lengths = [], []
-        for c in schema.candidate_features():
-            seq_values.append(self.columns[c][0][rows].astype(np.int64))
-            seq_lengths.append(ones)
-        for h in schema.history_features():
-            v, l = _gather(*self.columns[h], rows)
-            seq_values.append(v)
-            seq_lengths.append(l)
-        sequence = KeyedJaggedTensor(
-            keys=schema.sequence_features(),
-            values=torch.from_numpy(np.concatenate(seq_values)),
-            lengths=torch.from_numpy(np.concatenate(seq_lengths)))
-        pooled = None
-        if schema.pooled:
-            values, lengths = [], []
-            for p in schema.pooled:
-                v, offsets = self.columns[p]
-                if offsets is None:
-                    values.append(v[rows].astype(np.int64))
-                    lengths.append(ones)
-                else:
-                    gv, gl = _gather(v, offsets, rows)
-                    values.append(gv)
-                    lengths.append(gl)
-            pooled = KeyedJaggedTensor(keys=list(schema.pooled),
-                                       values=torch.from_numpy(np.concatenate(values)),
-                                       lengths=torch.from_numpy(np.concatenate(lengths)))
-        dense = (np.stack([self.columns[d][0][rows] for d in schema.dense], 1)
-                 if schema.dense else np.zeros((b, 0)))
-        return DINBatch(
-            sequence_features=sequence, pooled_features=pooled,
-            dense_features=torch.from_numpy(dense.astype(np.float32)),
-            labels=torch.from_numpy(self.columns[schema.label][0][rows].astype(np.float32)))
+        ones = np.ones(rows.size, np.int64)
+        pooled = []
+        for p in schema.pooled:
+            v, offsets = self.columns[p]
+            pooled.append((v[rows], ones) if offsets is None else _gather(v, offsets, rows))
+        return build_batch(
+            schema,
+            candidates=[self.columns[c][0][rows] for c in schema.candidate_features()],
+            num_candidates=ones,
+            histories=[_gather(*self.columns[h], rows) for h in schema.history_features()],
+            pooled=pooled,
+            dense=(np.stack([self.columns[d][0][rows] for d in schema.dense], 1)
+                   if schema.dense else np.zeros((rows.size, 0), np.float32)),
+            labels=self.columns[schema.label][0][rows])
 
 
 def _gather(values: np.ndarray, offsets: np.ndarray,

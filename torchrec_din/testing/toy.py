@@ -7,7 +7,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_din.data.batch import DINBatch
+from torchrec_din.batch import DINBatch
 from torchrec_din.modules.interaction import AttentionGroup
 
 TOY_GROUPS: List[AttentionGroup] = [
