@@ -100,11 +100,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, HERE)  # benchmarks/attention.py and serving.py, in parent and children
     if args.child:
-        sys.path.insert(0, HERE)
         print(json.dumps(_child(args.child, args.sizes, args.repeats)))
         return
-    sys.path.insert(0, HERE)
     from attention import D, executed_flops, HIDDEN  # benchmarks/attention.py
 
     runs: Dict[str, List[Dict[str, Any]]] = {s: [] for s in SETTINGS}

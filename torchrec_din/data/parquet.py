@@ -25,7 +25,7 @@ import glob
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -134,9 +134,9 @@ class ParquetSplit:
         return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _flat(column: pa.ChunkedArray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+def _flat(column: Union[pa.ChunkedArray, pa.Array]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(values, offsets) of a list column, (values, None) of a scalar one."""
-    arr = column.combine_chunks()
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
         offsets = arr.offsets.to_numpy().astype(np.int64)
         values = arr.values.to_numpy(zero_copy_only=False)
@@ -164,7 +164,7 @@ class _Window:
         self.split = split
         self.columns: Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
         for name in split.columns:
-            column = table.column(name)
+            column = table.column(name).combine_chunks()  # once, for both uses
             self._check_nulls(name, column)
             self.columns[name] = _flat(column)
         self._check_values(vocab)
@@ -181,8 +181,7 @@ class _Window:
             return value_index
         return int(np.searchsorted(offsets, value_index, side="right") - 1)
 
-    def _check_nulls(self, name: str, column: pa.ChunkedArray) -> None:
-        arr = column.combine_chunks()
+    def _check_nulls(self, name: str, arr: pa.Array) -> None:
         if arr.null_count:
             i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
             raise ParquetDataError(f"{self.where(i, name)}: null value")

@@ -16,7 +16,7 @@ from torchrec_din.checks import (
     get_feature,
 )
 from torchrec_din.modules.attention import JaggedTargetAttention
-from torchrec_din.ops import segment_sum
+from torchrec_din.ops import lengths_to_segment_ids, segment_sum
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ torch.fx.wrap("check_candidate_lengths")
 torch.fx.wrap("check_equal_lengths")
 torch.fx.wrap("check_lengths")
 torch.fx.wrap("segment_sum")
+torch.fx.wrap("lengths_to_segment_ids")
 
 
 class _GroupedInteraction(nn.Module):
@@ -195,8 +196,7 @@ class _GroupedInteraction(nn.Module):
         """Grouped form: the history (sample) each of the K candidate rows belongs to: [K]."""
         num = self.num_candidates(embeddings)
         k = self._feature(embeddings, self.candidate_features[0][0], 0).values().size(0)
-        return torch.repeat_interleave(torch.arange(num.size(0), device=num.device), num,
-                                       output_size=k)
+        return lengths_to_segment_ids(num, k)
 
     @torch.jit.export
     def candidates_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:

@@ -90,17 +90,13 @@ def parse_request(text: str, line: int, features: Sequence[str],
         pooled_ids.append(_ids(value, f"user.{f}", line))
     checks = [("candidates", features, cand)] + [
         (f"history.{name}" if nested else "history", group_features, cols)
-        for (name, group_features), cols in zip(groups, hist)]
+        for (name, group_features), cols in zip(groups, hist)] + [("user", pooled, pooled_ids)]
     for where, feature_names, cols in checks:
         for f, values in zip(feature_names, cols):
             bad = [v for v in values if not 0 <= v < rows[f]]
             if bad:
                 raise RequestError(f"line {line}: {where}.{f} id {bad[0]} out of range "
                                    f"[0, {rows[f]})")
-    for f, values in zip(pooled, pooled_ids):
-        bad = [v for v in values if not 0 <= v < rows[f]]
-        if bad:
-            raise RequestError(f"line {line}: user.{f} id {bad[0]} out of range [0, {rows[f]})")
     dense = req.get("dense", [])
     if not isinstance(dense, list) or len(dense) != dense_in_features:
         raise RequestError(f"line {line}: dense must be a list of {dense_in_features} numbers")
@@ -129,8 +125,8 @@ def history_length(request: Dict[str, Any], max_history: int = 0) -> int:
 
 
 def pairs(request: Dict[str, Any], max_history: int = 0) -> int:
-    """(candidate, behaviour) pairs a request costs the attention (at least one per candidate
-    and group)."""
+    """(candidate, behaviour) pairs a request costs the attention, all groups together (per
+    candidate at least as many as there are groups)."""
     groups = max(len(request["history"]), 1)
     return len(request["candidates"][0]) * max(history_length(request, max_history), groups)
 

@@ -14,6 +14,7 @@ from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.models.din import DINModel
+from torchrec_din.ops import lengths_to_segment_ids
 
 
 class DINScorer(nn.Module):
@@ -99,9 +100,7 @@ def pooled_kjt(pooled_features: List[str], ids: Tensor) -> KeyedJaggedTensor:
 def newest(ids: Tensor, lengths: Tensor, max_history: int) -> Tuple[Tensor, Tensor]:
     """Each user's newest ``max_history`` rows of ``ids`` (users back to back, each
     oldest..newest, ``lengths`` [U] rows each) and the new lengths."""
-    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=ids.device), lengths,
-                                  output_size=ids.size(0))
-    ends = torch.cumsum(lengths, 0).index_select(0, seg)
+    ends = torch.cumsum(lengths, 0).index_select(0, lengths_to_segment_ids(lengths, ids.size(0)))
     from_end = ends - torch.arange(ids.size(0), device=ids.device)
     return ids[from_end <= max_history], lengths.clamp(max=max_history)
 
