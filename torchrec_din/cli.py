@@ -89,6 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_convert.add_argument("--output", required=True, help="folder for the files and config")
     p_convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p_convert.add_argument("--row-group-rows", type=_positive_int, default=16384)
+    p_convert.add_argument("--overwrite", action="store_true",
+                           help="replace an earlier convert output in --output (never a "
+                                "folder holding other files)")
     args = parser.parse_args(argv)
 
     if args.command in ("convert", "plan"):
@@ -152,6 +155,10 @@ def _table_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        if args.command == "convert":  # refuse a bad --output before building the data
+            from torchrec_din.data.convert import check_output
+
+            check_output(args.output, args.overwrite)
         if config["data"]["dataset"] == "parquet":  # plan: sizes from the config, files' metadata
             from torchrec_din.train.engine import parquet_source
 
@@ -166,7 +173,7 @@ def _table_command(args: argparse.Namespace) -> int:
             return 0
         from torchrec_din.data.convert import convert
 
-        path = convert(table, config, args.output, args.row_group_rows)
+        path = convert(table, config, args.output, args.row_group_rows, args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -192,7 +199,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         model, state = load_trained(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output} is a folder; name a file")
+        if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+            raise ValueError(f"--output {args.output}: cannot write into {out_dir}")
+        if args.command == "score":
+            if os.path.isdir(args.input):
+                raise ValueError(f"--input {args.input} is a folder; name a JSON Lines file")
+            if os.path.exists(args.input) and os.path.exists(args.output) and \
+                    os.path.samefile(args.input, args.output):
+                raise ValueError(f"--output {args.output} is the --input file; scores would "
+                                 "replace the requests")
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.command == "export":
@@ -214,11 +233,13 @@ def _serve(args: argparse.Namespace) -> int:
     rows = {**model.sequence_rows, **model.pooled_rows}  # feature -> its table's rows
     groups = list(zip(scorer.group_names, scorer.group_features))
     try:
+        multi_hot = state.get("serving", {}).get("pooled_multi_hot")  # None: an older best.pt
         requests = list(read_requests(args.input, scorer.features, groups,
-                                      scorer.pooled_features, rows, scorer.dense_in_features))
+                                      scorer.pooled_features, rows, scorer.dense_in_features,
+                                      multi_hot))
         cut = sum(history_length(r) - history_length(r, max_history) for r in requests)
         chunks = list(batches_within(requests, args.batch_users, args.max_pairs, max_history))
-    except (RequestError, FileNotFoundError) as e:
+    except (RequestError, OSError) as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 1
     if cut:

@@ -223,3 +223,90 @@ def test_two_groups_multi_hot_and_dense_train_from_the_cli(tmp_path) -> None:
     with torch.no_grad():
         expected = torch.sigmoid(model(kjt, pooled, torch.tensor([[r["price"]] for r in rows])))
     torch.testing.assert_close(torch.tensor(scores), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluation_keeps_file_order_with_workers(files, world, workers) -> None:
+    """Unshuffled batches arrive in file order whatever the workers: every prediction is
+    paired with its own label and group (the fault: windows interleaved by worker)."""
+    d, total = files
+    split = ParquetSplit([str(d / "*.parquet")], SCHEMA, "valid")
+    labels = []
+    for rank in range(world):
+        ds = ParquetDataset(split, VOCAB, 16, False, buffer_rows=40, rank=rank,
+                            world_size=world)
+        lo, hi = ds.part
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_identity)
+        batches = list(loader)
+        assert len(batches) == len(ds)
+        assert [i for b in batches for i in b.sequence_features["item"].values().tolist()] \
+            == list(range(lo, hi))
+        labels += [v for b in batches for v in b.labels.tolist()]
+    np.testing.assert_array_equal(np.array(labels, np.float32),
+                                  ParquetDataset(split, VOCAB, 16, False).labels())
+
+
+def test_max_history_keeps_the_newest_behaviours(files) -> None:
+    d, _ = files
+    split = ParquetSplit([str(d / "part-0.parquet")], SCHEMA, "train")
+    table = pq.read_table(d / "part-0.parquet").to_pydict()
+    for shuffle in (False, True):
+        ds = ParquetDataset(split, VOCAB, 301, shuffle, max_history=2)
+        (batch,) = list(ds)
+        seq = batch.sequence_features
+        order = [table["item"].index(i) for i in seq["item"].values().tolist()]
+        for key in ("click_item", "click_cate", "buy_item"):
+            want = [table[key][r][-2:] for r in order]
+            assert seq[key].lengths().tolist() == [len(w) for w in want]
+            assert seq[key].values().tolist() == sum(want, [])
+    assert max(len(v) for v in table["click_item"]) > 2  # the cap did cut something
+
+
+def test_worker_errors_are_the_same_one_line(tmp_path) -> None:
+    path = tmp_path / "bad.parquet"
+    _write(path, 90, row_group=40, item=np.r_[np.arange(85), 5000, np.arange(4)])
+    split = ParquetSplit([str(path)], SCHEMA, "train")
+    messages = []
+    for workers in (0, 2):
+        loader = DataLoader(ParquetDataset(split, VOCAB, 8, False, buffer_rows=8),
+                            batch_size=None, num_workers=workers, collate_fn=_identity)
+        with pytest.raises(ParquetDataError) as e:
+            list(loader)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    assert "\n" not in messages[1] and "Traceback" not in messages[1]
+    assert "row group 2, row 5 (row 85 of the file), column 'item': id 5000" in messages[1]
+
+
+def test_a_file_changed_or_corrupted_during_the_run_is_named(tmp_path) -> None:
+    path = tmp_path / "part.parquet"
+    _write(path, 200, row_group=40)
+    split = ParquetSplit([str(path)], SCHEMA, "train")
+    _write(path, 100, row_group=50)  # replaced after the run looked at it
+    with pytest.raises(ParquetDataError, match="part.parquet: changed while the run reads it"):
+        list(ParquetDataset(split, VOCAB, 8, False, buffer_rows=8))
+    # A damaged data page inside an intact footer: the file and row group are named.
+    _write(path, 200, row_group=200)
+    raw = bytearray(path.read_bytes())
+    for i in range(200, 2200, 7):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    split = ParquetSplit([str(path)], SCHEMA, "train")
+    with pytest.raises(ParquetDataError, match="part.parquet: row group 0 cannot be decoded"):
+        list(ParquetDataset(split, VOCAB, 8, False, buffer_rows=8))
+
+
+def test_a_file_in_two_splits_is_refused(files) -> None:
+    from torchrec_din.data.parquet import ParquetSource
+
+    d, _ = files
+    cfg = {"buffer_rows": 64, "train": [str(d / "*.parquet")],
+           "valid": [str(d / "part-3.parquet")], "test": [str(d / "part-2.parquet")]}
+    with pytest.raises(ParquetDataError, match="part-2.parquet is in both the train and the "
+                                               "valid split|part-3.parquet is in both the "
+                                               "train and the valid split"):
+        ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)
+    cfg.update(train=[str(d / "part-0.parquet"), str(d / "part-0.parquet")])
+    with pytest.raises(ParquetDataError, match="matched twice by data.parquet.train"):
+        ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)

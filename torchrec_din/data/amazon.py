@@ -112,5 +112,6 @@ def load_amazon_electronics(data_dir: str, cache_dir: Optional[str] = None,
     key = fingerprint([os.path.join(data_dir, REVIEWS), os.path.join(data_dir, META)],
                       {"dataset": "amazon-electronics", **kwargs})
     table, _ = cached_build(cache_dir, "amazon-electronics", key,
-                            lambda: read_amazon_electronics(data_dir, **kwargs))
+                            lambda: read_amazon_electronics(data_dir, **kwargs),
+                            {"dataset": "amazon-electronics", **kwargs})
     return table

@@ -4,6 +4,7 @@ schema's columns, plus a config that trains on them: the template for your own l
 import copy
 import os
 import shutil
+import tempfile
 from typing import Any, Dict, List
 
 import numpy as np
@@ -41,19 +42,74 @@ def split_table(dataset: DINDataset, rows: np.ndarray) -> pa.Table:
     return pa.table(columns)
 
 
+HEADER = "# Written by `python -m torchrec_din convert`: trains on the Parquet files here.\n"
+OUTPUT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "config.yaml")
+
+
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse an ``output`` that would lose someone's files: a file, a non-empty folder
+    (unless ``overwrite``), and, even with ``overwrite``, a folder holding anything convert
+    did not write or one that holds the working directory."""
+    if not os.path.lexists(output):
+        return
+    if not os.path.isdir(output):
+        raise ValueError(f"--output {output} is a file; convert writes a folder")
+    entries = sorted(os.listdir(output))
+    if not entries:
+        return
+    if not overwrite:
+        raise ValueError(f"--output {output} is not empty ({len(entries)} entries, e.g. "
+                         f"{entries[:3]}); choose a new folder, or pass --overwrite to replace "
+                         "an earlier convert output")
+    foreign = [e for e in entries if e not in OUTPUT_FILES]
+    config = os.path.join(output, "config.yaml")
+    ours = os.path.isfile(config) and open(config, encoding="utf-8",
+                                           errors="replace").readline() == HEADER
+    if foreign or not ours:
+        raise ValueError(f"--output {output} was not written by convert (it holds "
+                         f"{foreign[:3] or entries[:3]}); --overwrite replaces only "
+                         "convert's own output, so choose another folder")
+    here, target = os.path.realpath(os.getcwd()), os.path.realpath(output)
+    if here == target or here.startswith(target + os.sep):
+        raise ValueError(f"--output {output} holds the working directory; choose another "
+                         "folder")
+
+
 def convert(table: SampleTable, config: Dict[str, Any], output: str,
-            row_group_rows: int = 16384) -> str:
+            row_group_rows: int = 16384, overwrite: bool = False) -> str:
     """Write train / valid / test Parquet files and ``config.yaml`` into ``output``.
+
+    The files are written into a new temp folder next to ``output`` and swapped in whole.
+    An existing non-empty ``output`` is refused, unless ``overwrite`` and it is an earlier
+    convert output: then it is moved aside and removed only once the new one is in place.
 
     Returns:
         str: the path of the written config (``data.dataset: parquet``, the file globs,
         ``tables.<name>.num_embeddings`` from the data).
     """
+    check_output(output, overwrite)
     schema = FeatureSchema.from_config(config["features"])
-    tmp = output.rstrip("/") + ".part"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
+    output = output.rstrip("/") or "/"
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=parent)
+    try:
+        path = _write_all(table, config, schema, output, tmp, row_group_rows)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    aside = None
+    if os.path.isdir(output) and os.listdir(output):
+        aside = tmp + ".old"
+        os.replace(output, aside)
+    os.replace(tmp, output)  # the folder appears whole or not at all
+    if aside is not None:
+        shutil.rmtree(aside)
+    return path
+
+
+def _write_all(table: SampleTable, config: Dict[str, Any], schema: FeatureSchema,
+               output: str, tmp: str, row_group_rows: int) -> str:
     files: Dict[str, List[str]] = {}
     for split in ("train", "valid", "test"):
         ds = DINDataset(table, split, schema)
@@ -70,10 +126,6 @@ def convert(table: SampleTable, config: Dict[str, Any], output: str,
     tables = out_cfg.setdefault("tables", {})
     for t in schema.table_features():
         tables.setdefault(t, {})["num_embeddings"] = int(table.vocab[t])
-    text = "# Written by `python -m torchrec_din convert`: trains on the Parquet files here.\n"
-    text += yaml.safe_dump(out_cfg, sort_keys=False)
+    text = HEADER + yaml.safe_dump(out_cfg, sort_keys=False)
     atomic_write(os.path.join(tmp, "config.yaml"), lambda f: f.write(text), binary=False)
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.replace(tmp, output)  # the folder appears whole or not at all
     return os.path.join(output, "config.yaml")

@@ -172,6 +172,7 @@ def load_movielens_100k(cache_dir: Optional[str] = None, **kwargs) -> SampleTabl
         return read_movielens_100k(**kwargs)
     params = {k: v for k, v in kwargs.items() if k != "data_dir"}
     key = fingerprint([os.path.join(folder, f) for f in FILES], {"dataset": "ml-100k", **params})
-    table, _ = cached_build(cache_dir, "ml-100k", key, lambda: read_movielens_100k(**kwargs))
+    table, _ = cached_build(cache_dir, "ml-100k", key, lambda: read_movielens_100k(**kwargs),
+                            {"dataset": "ml-100k", **params})
     table.meta["source"] = folder  # the files read now, not those of the run that cached it
     return table

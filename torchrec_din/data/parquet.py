@@ -17,8 +17,17 @@ are. Split of the work, exactly once per epoch:
   for a given ``num_workers`` and a run resumed mid-epoch skips exactly the batches it
   already trained on.
 
+Evaluation (no shuffle) keeps file order whatever ``num_workers`` is: a rank's part is cut
+into batches and batch ``j`` goes to worker ``j % num_workers``, so the DataLoader's turn
+taking hands them out as 0, 1, 2, ... and every prediction meets its own label and group.
+
 Every rank yields the same number of batches (collective training needs it): where a
 rank's part is one row shorter and that would drop a batch, its last batch is split in two.
+
+A window reads only its own rows (``iter_batches`` over the row group, continued where the
+previous window stopped), so memory follows ``buffer_rows``, not the writer's row-group size.
+Histories longer than ``max_history`` keep their newest behaviours, as the built-in data
+sets and serving do.
 """
 
 import glob
@@ -37,8 +46,24 @@ from torchrec_din.data.samples import range_positions
 from torchrec_din.data.schema import FeatureSchema
 
 
+_WORKER_PREFIX = "Caught ParquetDataError in DataLoader worker process"
+
+
 class ParquetDataError(ValueError):
-    """Bad Parquet input; the message names the file, row group, row and column."""
+    """Bad Parquet input; the message names the file, row group, row and column.
+
+    Raised inside a DataLoader worker, it reaches the main process as the same one line: the
+    DataLoader re-creates it from a text holding the worker's whole traceback, which the
+    constructor reduces to the original message (kept in ``worker_traceback``).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        self.worker_traceback: Optional[str] = None
+        if message.startswith(_WORKER_PREFIX):
+            self.worker_traceback = message
+            last = [line for line in message.splitlines() if line.strip()][-1]
+            message = last.split("ParquetDataError: ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -124,9 +149,38 @@ class ParquetSplit:
         self.num_rows = sum(u.rows for u in self.units)
         self.columns = list(want)
 
+    def open(self, unit: _Unit, files: Optional[Dict[str, pq.ParquetFile]] = None
+             ) -> pq.ParquetFile:
+        """``unit``'s file, checked to still have the row group seen at start-up (a file
+        replaced or cut while the run reads it is named, not an index error). ``files``
+        keeps files opened before (their footers are read once)."""
+        if files is not None and unit.file in files:
+            return files[unit.file]
+        try:
+            # Column chunks are streamed in 64 KiB reads, never buffered whole (pre_buffer
+            # would hold a row group's compressed columns: memory would follow its size).
+            f = pq.ParquetFile(unit.file, buffer_size=1 << 16, pre_buffer=False)
+        except (pa.ArrowException, OSError) as e:
+            raise ParquetDataError(f"{unit.file}: cannot be read any more ({e}); was it "
+                                   "changed or removed while the run reads it?") from None
+        meta = f.metadata
+        if unit.group >= meta.num_row_groups or meta.row_group(unit.group).num_rows != unit.rows:
+            raise ParquetDataError(
+                f"{unit.file}: changed while the run reads it (row group {unit.group} of "
+                f"{unit.rows} rows is gone; the file now has {meta.num_row_groups} row groups, "
+                f"{meta.num_rows} rows); restore it or restart the run")
+        if files is not None:
+            files.clear()  # one open file per reader
+            files[unit.file] = f
+        return f
+
     def read(self, unit: _Unit, columns: Optional[List[str]] = None) -> pa.Table:
-        return pq.ParquetFile(unit.file).read_row_group(unit.group,
-                                                        columns=columns or self.columns)
+        """A whole row group (metadata passes: counts, one column)."""
+        try:
+            return self.open(unit).read_row_group(unit.group, columns=columns or self.columns)
+        except (pa.ArrowException, OSError) as e:
+            raise ParquetDataError(f"{unit.file}: row group {unit.group} cannot be decoded "
+                                   f"({e})") from None
 
     def column(self, name: str) -> np.ndarray:
         """One scalar column of the whole split in file order, read row group by row group."""
@@ -148,16 +202,14 @@ class _Window:
     """Rows of a window as numpy columns, with where each row came from (for errors)."""
 
     def __init__(self, split: ParquetSplit, pieces: List[Tuple[_Unit, int, int]],
-                 vocab: Dict[str, int], cache: Dict[str, Any]) -> None:
+                 vocab: Dict[str, int], cache: Dict[str, Any], max_history: int = 0) -> None:
         tables, origin_unit, origin_row = [], [], []
         for unit, start, end in pieces:
-            key = (unit.file, unit.group)
-            if cache.get("key") != key:  # consecutive windows often share a row group
-                cache["key"], cache["table"] = key, split.read(unit)
-            tables.append(cache["table"].slice(start, end - start))
+            tables.append(_read_rows(split, unit, start, end, cache))
             origin_unit.append(np.full(end - start, len(origin_unit), np.int64))
             origin_row.append(np.arange(start, end, dtype=np.int64))
         self.pieces = pieces
+        self.max_history = max_history
         self.unit_of = np.concatenate(origin_unit)
         self.row_of = np.concatenate(origin_row)
         table = pa.concat_tables(tables)
@@ -244,18 +296,61 @@ class _Window:
             schema,
             candidates=[self.columns[c][0][rows] for c in schema.candidate_features()],
             num_candidates=ones,
-            histories=[_gather(*self.columns[h], rows) for h in schema.history_features()],
+            histories=[_gather(*self.columns[h], rows, self.max_history)
+                       for h in schema.history_features()],
             pooled=pooled,
             dense=(np.stack([self.columns[d][0][rows] for d in schema.dense], 1)
                    if schema.dense else np.zeros((rows.size, 0), np.float32)),
             labels=self.columns[schema.label][0][rows])
 
 
-def _gather(values: np.ndarray, offsets: np.ndarray,
-            rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Jagged rows ``rows`` of (values, offsets): their values back to back and lengths."""
-    starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
+            max_history: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Jagged rows ``rows`` of (values, offsets): their values back to back and lengths;
+    ``max_history`` > 0 keeps each row's last (newest) ``max_history`` values."""
+    starts, ends = offsets[rows], offsets[rows + 1]
+    if max_history > 0:
+        starts = np.maximum(starts, ends - max_history)
+    lengths = ends - starts
     return values[range_positions(starts, lengths)].astype(np.int64), lengths
+
+
+def _read_rows(split: ParquetSplit, unit: _Unit, start: int, end: int,
+               cache: Dict[str, Any]) -> pa.Table:
+    """Rows [start, end) of a row group, decoded in record batches of 1,024 rows.
+    Consecutive windows usually continue in the same row group, so the open reader and the
+    unread rest of its last record batch stay in ``cache``."""
+    key = (unit.file, unit.group)
+    if cache.get("key") != key or cache["pos"] > start:
+        f = split.open(unit, cache.setdefault("files", {}))
+        cache.update(key=key, pos=0, rest=None, reader=f.iter_batches(
+            batch_size=1024, row_groups=[unit.group],
+            columns=split.columns, use_threads=False))
+    parts: List[pa.RecordBatch] = []
+    try:
+        while cache["pos"] < end:
+            batch = cache["rest"] if cache["rest"] is not None else next(cache["reader"])
+            cache["rest"] = None
+            lo, hi = cache["pos"], cache["pos"] + batch.num_rows
+            if hi > start:
+                parts.append(batch.slice(max(start - lo, 0), min(end, hi) - max(start, lo)))
+            if hi > end:  # keep the rows after ``end`` for the next window
+                cache["rest"], hi = batch.slice(end - lo), end
+            cache["pos"] = hi
+    except StopIteration:
+        raise ParquetDataError(f"{unit.file}: row group {unit.group} ended at row "
+                               f"{cache['pos']}, expected {unit.rows} rows") from None
+    except (pa.ArrowException, OSError) as e:
+        near = cache.get("pos", start)
+        cache.clear()  # the next window opens the file again
+        raise ParquetDataError(f"{unit.file}: row group {unit.group} cannot be decoded near "
+                               f"row {near} ({e})") from None
+    return pa.Table.from_batches(parts) if parts else split_empty(split, unit)
+
+
+def split_empty(split: ParquetSplit, unit: _Unit) -> pa.Table:
+    """An empty table of the split's columns (a zero-row piece)."""
+    return split.open(unit).schema_arrow.empty_table().select(split.columns)
 
 
 class ParquetDataset(IterableDataset):
@@ -272,6 +367,7 @@ class ParquetDataset(IterableDataset):
             of ``batch_size``.
         rank (int): this rank.
         world_size (int): ranks.
+        max_history (int): keep each history's newest ``max_history`` behaviours (0: all).
 
     Example::
 
@@ -282,13 +378,17 @@ class ParquetDataset(IterableDataset):
 
     def __init__(self, split: ParquetSplit, vocab: Dict[str, int], batch_size: int,
                  shuffle: bool, seed: int = 0, buffer_rows: int = 65536, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, max_history: int = 0) -> None:
         super().__init__()
         if batch_size < 2 and world_size > 1:
             raise ValueError("Parquet input on several ranks needs batch_size >= 2")
         self.split, self.schema, self.vocab = split, split.schema, vocab
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.window = max(1, math.ceil(buffer_rows / batch_size)) * batch_size
+        self.max_history = max_history
+        # Unshuffled (evaluation): one batch per window, so that windows dealt to workers in
+        # turn come back in file order (see the module docstring).
+        self.window = (max(1, math.ceil(buffer_rows / batch_size)) * batch_size if shuffle
+                       else batch_size)
         self.rank, self.world = rank, world_size
         self.epoch, self.skip = 0, 0
         total = split.num_rows
@@ -347,6 +447,9 @@ class ParquetDataset(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         windows = self._windows()
         sizes = self._batch_sizes(windows)
+        if not self.shuffle:
+            yield from self._ordered(windows, sizes, worker, workers)
+            return
         # The DataLoader takes one batch from each worker in turn (skipping finished ones).
         # Replay that for the `skip` batches already trained: how many of each worker's
         # batches they were, and which worker was next. A resumed DataLoader starts again
@@ -368,7 +471,7 @@ class ParquetDataset(IterableDataset):
             if skip >= len(sizes[w]):
                 skip -= len(sizes[w])
                 continue
-            window = _Window(self.split, windows[w], self.vocab, cache)
+            window = _Window(self.split, windows[w], self.vocab, cache, self.max_history)
             rows = np.arange(len(window))
             if self.shuffle:
                 rng = np.random.default_rng([self.seed, self.epoch, self.rank, w])
@@ -377,6 +480,23 @@ class ParquetDataset(IterableDataset):
             for j in range(skip, len(sizes[w])):
                 yield window.batch(rows[bounds[j]:bounds[j + 1]], self.schema)
             skip = 0
+
+    def _ordered(self, windows: List[List[Tuple[_Unit, int, int]]], sizes: List[List[int]],
+                 worker: int, workers: int) -> Iterator[DINBatch]:
+        """File order for evaluation: this worker's batches are those whose index in the
+        rank's part is ``worker`` modulo ``workers``; the DataLoader takes one from each
+        worker in turn, so they arrive as 0, 1, 2, ..."""
+        cache: Dict[str, Any] = {}
+        first = 0
+        for w, window_sizes in enumerate(sizes):
+            mine = [j for j in range(len(window_sizes)) if (first + j) % workers == worker]
+            first += len(window_sizes)
+            if not mine:
+                continue
+            window = _Window(self.split, windows[w], self.vocab, cache, self.max_history)
+            bounds = np.cumsum([0] + window_sizes)
+            for j in mine:
+                yield window.batch(np.arange(bounds[j], bounds[j + 1]), self.schema)
 
     def labels(self) -> np.ndarray:
         """The whole split's labels in file order (what evaluation scores, unshuffled)."""
@@ -401,16 +521,33 @@ class ParquetSource:
                  vocab: Dict[str, int]) -> None:
         cfg = data_cfg["parquet"]
         self.schema, self.vocab, self.buffer_rows = schema, vocab, int(cfg["buffer_rows"])
+        self.max_history = int(data_cfg.get("max_history") or 0)
         self.splits: Dict[str, ParquetSplit] = {}
+        owner: Dict[str, str] = {}
         for name in ("train", "valid", "test"):
             patterns = cfg[name]
             if isinstance(patterns, str):
                 patterns = [patterns]
             if not patterns:
                 raise ValueError(f"data.parquet.{name} must name the {name} files (a glob)")
-            self.splits[name] = ParquetSplit(patterns, schema, name)
+            split = ParquetSplit(patterns, schema, name)
+            for path in split.files:
+                real = os.path.realpath(path)
+                if owner.get(real, name) != name:
+                    raise ParquetDataError(
+                        f"{path} is in both the {owner[real]} and the {name} split "
+                        f"(data.parquet.{owner[real]} and data.parquet.{name} match it); "
+                        "a file may belong to one split only, or test metrics would be "
+                        "measured on training rows")
+                if real in owner and owner[real] == name:
+                    raise ParquetDataError(f"{path} is matched twice by data.parquet.{name}; "
+                                           "its rows would count twice")
+                owner[real] = name
+            self.splits[name] = split
         self.meta: Dict[str, Any] = {"dataset": "parquet", "protocol": "files",
-                                     "files": {k: v.files for k, v in self.splits.items()}}
+                                     "files": {k: v.files for k, v in self.splits.items()},
+                                     "multi_hot": [p for p in schema.pooled if any(
+                                         v.kinds[p] == "list<int>" for v in self.splits.values())]}
 
     def summary(self) -> Dict[str, Dict[str, Any]]:
         """Rows per split, and the mean history length of the first row group of train."""
@@ -418,13 +555,16 @@ class ParquetSource:
         train = self.splits["train"]
         first = train.read(train.units[0], [self.schema.history_features()[0]])
         _, offsets = _flat(first.column(0))
-        out["train"]["mean_history"] = float(offsets[-1] / max(offsets.size - 1, 1))
+        lengths = np.diff(offsets)
+        if self.max_history > 0:
+            lengths = np.minimum(lengths, self.max_history)
+        out["train"]["mean_history"] = float(lengths.mean()) if lengths.size else 0.0
         return out
 
     def datasets(self, batch_sizes: Dict[str, int], seed: int, rank: int,
                  world: int) -> Dict[str, "ParquetDataset"]:
         return {name: ParquetDataset(split, self.vocab, batch_sizes[name], name == "train",
-                                     seed, self.buffer_rows, rank, world)
+                                     seed, self.buffer_rows, rank, world, self.max_history)
                 for name, split in self.splits.items()}
 
     def count_ids(self, split: str, features: List[str], rows: Dict[str, int],
@@ -433,11 +573,16 @@ class ParquetSource:
         counts only positive samples."""
         counts = {f: np.zeros(rows[f], np.float64) for f in features}
         s = self.splits[split]
+        history = set(self.schema.history_features())
         for unit in s.units:
             table = s.read(unit, list(features) + [self.schema.label])
             positive = table.column(self.schema.label).to_numpy() > 0
             for f in features:
                 values, offsets = _flat(table.column(f))
+                if f in history and self.max_history > 0:  # what training batches carry
+                    values, lengths = _gather(values, offsets, np.arange(offsets.size - 1),
+                                              self.max_history)
+                    offsets = np.concatenate([[0], np.cumsum(lengths)])
                 if where_label:
                     values = values[positive] if offsets is None else values[
                         np.repeat(positive, np.diff(offsets))]

@@ -143,15 +143,22 @@ def _column(columns: Dict[str, np.ndarray], name: str, kind: str) -> np.ndarray:
     return columns[name]
 
 
-def save_table(table: SampleTable, path: str) -> None:
-    """Write the table to ``path`` (.npz) atomically: temp file in the same folder + rename."""
+def save_table(table: SampleTable, path: str, build: Optional[Dict[str, Any]] = None) -> None:
+    """Write the table to ``path`` (.npz) atomically: temp file in the same folder + rename.
+    ``build``: the parameters it was built with, kept in the header for :func:`cached_build`."""
     arrays = {name: getattr(table, name) for name in _ARRAYS}
     for name, values in table.user_features.items():
         arrays[f"user_feature__{name}"] = values
     header = json.dumps({"vocab": table.vocab, "meta": table.meta,
-                         "user_features": list(table.user_features)})
+                         "user_features": list(table.user_features), "build": build})
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def table_build_params(path: str) -> Any:
+    """The build parameters in a cached table's header (None if it has none)."""
+    with np.load(path) as z:
+        return json.loads(bytes(z["header"]).decode()).get("build")
 
 
 def load_table(path: str) -> SampleTable:
@@ -329,21 +336,30 @@ def build_from_interactions(
     )
 
 
-def cached_build(cache_dir: str, name: str, key: str, build) -> Tuple[SampleTable, bool]:  # noqa: ANN001
+def cached_build(cache_dir: str, name: str, key: str, build,  # noqa: ANN001
+                 params: Optional[Dict[str, Any]] = None) -> Tuple[SampleTable, bool]:
     """Load ``<cache_dir>/<name>-<key>.npz`` if present, else build and save it atomically.
+
+    The entry's header records ``key`` and ``params`` (the build parameters); an entry whose
+    header says otherwise (copied or renamed, an older format) is rebuilt, never used.
 
     Returns the table and whether it came from the cache.
     """
     path = os.path.join(cache_dir, f"{name}-{key}.npz")
+    want = json.loads(json.dumps({"key": key, "params": params or {}}, sort_keys=True))
     removed = remove_stale_temp_files(cache_dir)
     if removed:
         print(f"[data] removed {removed} temp file(s) left by a killed run in {cache_dir}")
     if os.path.exists(path):
         try:
-            return load_table(path), True
+            found = table_build_params(path)
+            if found == want:
+                return load_table(path), True
+            print(f"[data] cache entry {path} was built with other parameters ({found} "
+                  f"instead of {want}); rebuilding it")
         except Exception as e:  # any corruption: truncated zip, bad header, missing array
             print(f"[data] cache entry {path} is unreadable ({type(e).__name__}: {e}); "
                   "rebuilding it")
     table = build()
-    save_table(table, path)
+    save_table(table, path, want)
     return table, False

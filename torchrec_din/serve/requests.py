@@ -18,7 +18,8 @@ Ids are the data set's dense ids (those in training). The output line is
 """
 
 import json
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+import math
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -44,9 +45,14 @@ def _columns(obj: Any, where: str, names: Sequence[str], line: int) -> List[List
     return cols
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_request(text: str, line: int, features: Sequence[str],
                   groups: Sequence[Tuple[str, Sequence[str]]], pooled: Sequence[str],
-                  rows: Dict[str, int], dense_in_features: int) -> Dict[str, Any]:
+                  rows: Dict[str, int], dense_in_features: int,
+                  multi_hot: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Validate one request line against the model's features and table sizes.
 
     Args:
@@ -54,13 +60,18 @@ def parse_request(text: str, line: int, features: Sequence[str],
         groups: (name, candidate features) of each attention group; its history ids are
             given under those feature names.
         pooled: pooled features (an id or a list of ids each); rows: feature -> table rows.
+        multi_hot: the pooled features trained as id lists; the others take exactly one id
+            (a list would be sum-pooled into a vector training never saw). None: any.
     """
     try:
-        req = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RequestError(f"line {line}: not valid JSON ({e.msg})") from None
+        req = json.loads(text, parse_constant=_no_constant)  # NaN / Infinity are not JSON
+    except (json.JSONDecodeError, ValueError) as e:
+        raise RequestError(f"line {line}: not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(req, dict):
         raise RequestError(f"line {line}: expected a JSON object")
+    rid = req.get("id", line)
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise RequestError(f"line {line}: 'id' must be a string or an integer, got {rid!r:.80}")
     names = [name for name, _ in groups]
     if not isinstance(req.get("candidates"), dict):
         raise RequestError(f"line {line}: missing object 'candidates' with lists {list(features)}")
@@ -82,6 +93,10 @@ def parse_request(text: str, line: int, features: Sequence[str],
     pooled_ids: List[List[int]] = []
     for f in pooled:
         value = user.get(f)
+        if multi_hot is not None and f not in multi_hot and not (
+                isinstance(value, int) and not isinstance(value, bool)):
+            raise RequestError(f"line {line}: user.{f} must be one integer id (the model was "
+                               f"trained with one {f} per sample), got {value!r:.80}")
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         elif not isinstance(value, list):
@@ -100,18 +115,27 @@ def parse_request(text: str, line: int, features: Sequence[str],
     dense = req.get("dense", [])
     if not isinstance(dense, list) or len(dense) != dense_in_features:
         raise RequestError(f"line {line}: dense must be a list of {dense_in_features} numbers")
-    return {"id": req.get("id", line), "line": line, "history": hist, "candidates": cand,
+    for i, x in enumerate(dense):
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+            raise RequestError(f"line {line}: dense[{i}] must be a finite number, got {x!r:.80}")
+    return {"id": rid, "line": line, "history": hist, "candidates": cand,
             "pooled": pooled_ids, "dense": [float(x) for x in dense]}
 
 
 def read_requests(path: str, features: Sequence[str],
                   groups: Sequence[Tuple[str, Sequence[str]]], pooled: Sequence[str],
-                  rows: Dict[str, int], dense_in_features: int) -> Iterator[Dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+                  rows: Dict[str, int], dense_in_features: int,
+                  multi_hot: Optional[Sequence[str]] = None) -> Iterator[Dict[str, Any]]:
+    """The validated requests of a JSON Lines file (see :func:`parse_request`)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RequestError(f"line {number}: not UTF-8 text (byte {e.start})") from None
             if text.strip():
                 yield parse_request(text, number, features, groups, pooled, rows,
-                                    dense_in_features)
+                                    dense_in_features, multi_hot)
 
 
 def history_length(request: Dict[str, Any], max_history: int = 0) -> int:

@@ -229,12 +229,23 @@ def _merge_open(base: Dict[str, Any], update: Any, path: str) -> Dict[str, Any]:
     return out
 
 
+def _yaml_problem(e: Any) -> str:
+    """YAML's error as one line: what is wrong, and where (line and column, 1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
+
+
 def parse_override(item: str) -> Dict[str, Any]:
     """``"train.epochs=3"`` -> ``{"train": {"epochs": 3}}`` (the value is parsed as YAML)."""
     if "=" not in item:
         raise ValueError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {item}: the value is not valid YAML ({_yaml_problem(e)})") \
+            from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -244,8 +255,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     """Defaults, then the YAML file, then each override in order."""
     config = copy.deepcopy(DEFAULTS)
     if path:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder, not a YAML config file") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the config must be a YAML mapping")
         config = _merge(config, loaded)
@@ -254,5 +272,60 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     check_values(config)
     from torchrec_din.data.schema import FeatureSchema
 
-    FeatureSchema.from_config(config["features"])  # errors name the bad entry
+    check_tables(config, FeatureSchema.from_config(config["features"]))  # errors name the entry
     return config
+
+
+# Per-table keys of ``tables.<name>`` and what each accepts.
+TABLE_KEYS = ("num_embeddings", "embedding_dim", "sharding_types", "compute_kernels",
+              "history_mean_length")
+
+
+def check_tables(config: Dict[str, Any], schema: Any) -> None:
+    """Check ``tables:`` against the feature schema at load, in place: every table named
+    exists, every key is known and of the right type and bound. A sequence table takes no
+    ``embedding_dim``: its features share one EmbeddingCollection, whose tables must share
+    ``model.embedding_dim``. Raises ValueError naming the table and key."""
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+    from torchrec.distributed.types import ShardingType
+
+    tables = config["tables"]
+    if not isinstance(tables, dict):
+        raise ValueError(f"config key 'tables' must be a mapping of table name -> settings, "
+                         f"got {tables!r}")
+    sequence = schema.sequence_tables()
+    known = list(sequence) + list(schema.pooled)
+    lists = {"sharding_types": [t.value for t in ShardingType],
+             "compute_kernels": [k.value for k in EmbeddingComputeKernel]}
+    for name, spec in tables.items():
+        where = f"tables.{name}"
+        if name not in known:
+            raise ValueError(f"{where}: no table {name!r} in the feature schema; its tables are "
+                             f"{known} (sequence tables: {list(sequence)}, pooled: "
+                             f"{list(schema.pooled)})")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where} must be a mapping with keys from {list(TABLE_KEYS)}, "
+                             f"got {spec!r}")
+        for key, value in spec.items():
+            if key not in TABLE_KEYS:
+                raise ValueError(f"{where}: unknown key {key!r}; known keys: {list(TABLE_KEYS)}")
+            if key in ("num_embeddings", "embedding_dim"):
+                spec[key] = _typed(f"{where}.{key}", value, 0)
+                if spec[key] < 1:
+                    raise ValueError(f"config key '{where}.{key}' must be >= 1, got {value!r}")
+                if key == "embedding_dim" and name in sequence:
+                    raise ValueError(
+                        f"{where}.embedding_dim: {name!r} is a sequence table (features "
+                        f"{sequence[name]}); all sequence tables share one "
+                        "EmbeddingCollection and so one dim: set model.embedding_dim instead")
+            elif key == "history_mean_length":
+                spec[key] = _typed(f"{where}.{key}", value, 0.0)
+                if spec[key] <= 0:
+                    raise ValueError(f"config key '{where}.{key}' must be > 0, got {value!r}")
+            else:
+                if isinstance(value, str):
+                    value = spec[key] = [value]
+                if not isinstance(value, list) or not value or any(
+                        v not in lists[key] for v in value):
+                    raise ValueError(f"config key '{where}.{key}' must be a non-empty list from "
+                                     f"{lists[key]}, got {value!r}")

@@ -39,7 +39,7 @@ from torchrec_din.distributed import (
 )
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model
-from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
+from torchrec_din.train.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from torchrec_din.train.engine import Backend, grouped_training, make_data_loader, run_training
 from torchrec_din.train.loop import apply_train_config, make_optimizer
 from torchrec_din.train.planning import constraints_for, embedding_optimizer
@@ -152,7 +152,7 @@ class ShardedBackend(Backend):
 
     def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
         state = {"model": self.dmp.state_dict(), "optim": self.dmp.fused_optimizer.state_dict()}
-        dcp.load(state, checkpoint_id=self.progress_path)
+        _load_sharded(state, self.progress_path)
         self.dmp.load_state_dict(state["model"])
         self.dmp.fused_optimizer.load_state_dict(state["optim"])
         self.dense_opt.load_state_dict(saved["dense_optim"])
@@ -218,19 +218,20 @@ class ShardedBackend(Backend):
                       self.progress_path, self.rank,
                       meta={**record, "dense_optim": self.dense_opt.state_dict(), "rng": rngs})
 
-    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int],
+                  serving: Dict[str, Any]) -> None:
         _save_sharded(self.dmp.state_dict(), os.path.join(self.output_dir, "best_dcp"),
                       self.rank)
         full = gather_state_dict(self.dmp)
         if self.main:
             atomic_save({"model": {k[len("model."):]: v for k, v in full.items()
                                    if k.startswith("model.")},
-                         "epoch": epoch, "config": config, "vocab": vocab,
+                         "epoch": epoch, "config": config, "vocab": vocab, "serving": serving,
                          "world_size": self.world}, os.path.join(self.output_dir, "best.pt"))
 
     def load_best(self) -> None:
         state = self.dmp.state_dict()
-        dcp.load(state, checkpoint_id=os.path.join(self.output_dir, "best_dcp"))
+        _load_sharded(state, os.path.join(self.output_dir, "best_dcp"))
         self.dmp.load_state_dict(state)
 
     def any(self, flags: List[bool]) -> List[bool]:
@@ -262,6 +263,18 @@ def train_distributed(config: Dict[str, Any], output_dir: str, resume: bool = Fa
     mid-epoch one (``train.checkpoint_every``, SIGTERM) with the same number."""
     with ShardedBackend(config) as backend:
         return run_training(backend, config, output_dir, resume, overwrite)
+
+
+def _load_sharded(state: Dict[str, Any], path: str) -> None:
+    """``dcp.load`` with an error that names the folder when its files are damaged."""
+    try:
+        dcp.load(state, checkpoint_id=path)
+    except Exception as e:  # DCP wraps a damaged shard in its own CheckpointException
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"sharded checkpoint {path} is damaged or incomplete ({type(e).__name__}: "
+            f"{first[-1][:200] if first else ''}); restore it from a backup or start over "
+            "with --overwrite") from None
 
 
 def _save_sharded(state: Dict[str, Any], path: str, rank: int,

@@ -27,7 +27,7 @@ from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.train.builder import build_table
 from torchrec_din.train.checkpoint import atomic_write_json, atomic_write_text, check_resumable
-from torchrec_din.train.rundir import clear_run_files
+from torchrec_din.train.rundir import drop_replaced, restore_run_files, set_aside_run_files
 
 T = TypeVar("T")
 
@@ -87,7 +87,10 @@ class Backend:
         """Atomically save model, optimizer, RNG and ``record`` (gathered per rank)."""
         raise NotImplementedError
 
-    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int],
+                  serving: Dict[str, Any]) -> None:
+        """Save the best epoch's model with what serving needs: config, vocab and
+        ``serving`` (``pooled_multi_hot``: the pooled features given as id lists)."""
         raise NotImplementedError
 
     def load_best(self) -> None:
@@ -183,13 +186,40 @@ def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
     target.set_epoch(epoch, skip_batches=skip_batches)
 
 
-def start_run_record(output_dir: str, config: Dict[str, Any], overwrite: bool) -> None:
-    """Once config and data are checked: clear a replaced run (``--overwrite``) and write the
-    resolved config.yaml. Nothing in the run folder changes before this."""
-    if overwrite:
-        clear_run_files(output_dir)
-    atomic_write_text(yaml.safe_dump(config, sort_keys=False),
-                      os.path.join(output_dir, "config.yaml"))
+class RunFolder:
+    """The run folder's side of a new run: nothing in it changes before :meth:`start` (config
+    and data checked); until the first progress checkpoint (:meth:`commit`) a failure puts
+    it back as it was (:meth:`rollback`), ``--overwrite``'s replaced run included.
+
+    Args:
+        output_dir (str): the run folder.
+        active (bool): this process owns the folder (rank 0 of a fresh, not resumed, run).
+    """
+
+    def __init__(self, output_dir: str, active: bool) -> None:
+        self.output_dir, self.active = output_dir, active
+        self.started = self.committed = False
+
+    def start(self, config: Dict[str, Any], overwrite: bool) -> None:
+        """Set a replaced run aside (``--overwrite``) and write the resolved config.yaml."""
+        if not self.active:
+            return
+        if overwrite:
+            set_aside_run_files(self.output_dir)
+        self.started = True
+        atomic_write_text(yaml.safe_dump(config, sort_keys=False),
+                          os.path.join(self.output_dir, "config.yaml"))
+
+    def commit(self) -> None:
+        """A progress checkpoint exists: the run is resumable, the replaced one goes."""
+        if self.started and not self.committed:
+            drop_replaced(self.output_dir)
+            self.committed = True
+
+    def rollback(self) -> None:
+        if self.started and not self.committed:
+            restore_run_files(self.output_dir)
+            self.started = False
 
 
 def popularity_scores(table: SampleTable, train_rows: np.ndarray, rows: np.ndarray,
@@ -301,8 +331,10 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
     batches, at each epoch end and on SIGTERM / Ctrl-C (then :class:`TrainingInterrupted`
     is raised), always atomically. ``resume=True`` continues from it (same seed, data and
     model config; train.* may change, e.g. more epochs or a lower learning rate) and reaches
-    the same results as an uninterrupted run. ``overwrite=True`` deletes a previous run's
-    files in ``output_dir`` once the config and data have been checked.
+    the same results as an uninterrupted run. ``overwrite=True`` replaces a previous run's
+    files in ``output_dir`` (see :class:`RunFolder`): they are kept aside until the new run
+    writes its first progress checkpoint, and a new run that fails before that leaves the
+    folder as it found it.
 
     Returns:
         Optional[Dict[str, Any]]: the content of metrics.json on rank 0, None elsewhere.
@@ -334,8 +366,25 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
     loader = make_data_loader(datasets["train"], train_cfg["batch_size"], True, seed,
                               int(data_cfg["num_workers"]), backend.rank, backend.world)
     backend.setup(config, table, datasets, output_dir)
+    folder = RunFolder(output_dir, main and not resume)
+    try:
+        folder.start(config, overwrite)
+        return _train_epochs(backend, config, output_dir, saved, table, datasets, loader,
+                             folder)
+    except TrainingInterrupted:
+        raise  # progress was saved: the run is resumable
+    except BaseException:
+        folder.rollback()
+        raise
+
+
+def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
+                  saved: Optional[Dict[str, Any]], table: Any, datasets: Dict[str, Any],
+                  loader: DataLoader, folder: RunFolder) -> Optional[Dict[str, Any]]:
+    """The epoch loop of :func:`run_training`, once the run folder is started."""
+    data_cfg, train_cfg = config["data"], config["train"]
+    main = backend.main
     if main:
-        start_run_record(output_dir, config, overwrite)
         _print_data(table, data_cfg)
 
     results: Dict[str, Any] = {"data": {"summary": table.summary(), "meta": table.meta},
@@ -364,6 +413,7 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
             "epoch": epoch, "batch": batch, "totals": backend.gather(dict(totals)),
             "results": results, "best_gauc": best_gauc, "train_speeds": list(train_speeds),
             "config": config, "world_size": backend.world})
+        folder.commit()
 
     with _StopRequest() as stop:
         for epoch in range(start_epoch, int(train_cfg["epochs"])):
@@ -443,7 +493,8 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
             if valid["gauc"] > best_gauc:
                 best_gauc = valid["gauc"]
                 results["best_epoch"] = epoch
-                backend.save_best(epoch, config, table.vocab)
+                backend.save_best(epoch, config, table.vocab,
+                                  {"pooled_multi_hot": list(table.meta.get("multi_hot", []))})
             save_progress(epoch + 1, 0)
             if main:
                 atomic_write_json(results, metrics_path)

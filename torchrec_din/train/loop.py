@@ -24,7 +24,6 @@ from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers 
     make_datasets,
     plot_curves,
     run_training,
-    start_run_record,
 )
 from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
 
@@ -161,16 +160,24 @@ class LocalBackend(Backend):
         loader = self.eval_loaders.get(id(dataset)) or make_data_loader(dataset, batch_size,
                                                                         False, 0, 0)
         start = time.perf_counter()
-        logits, _, _ = predict(self.model, loader, progress, desc)
-        return logits, time.perf_counter() - start
+        logits, labels, _ = predict(self.model, loader, progress, desc)
+        elapsed = time.perf_counter() - start
+        # Metrics pair logits with the split's labels and groups by position: a loader that
+        # yields out of order would give silently wrong metrics, so check the labels it gave.
+        if not np.array_equal(labels, np.asarray(dataset.labels(), labels.dtype)):
+            raise RuntimeError(f"{desc}: the loader's batches are not in the split's order "
+                               "(their labels differ from the split's); metrics would pair "
+                               "predictions with the wrong labels")
+        return logits, elapsed
 
     def save_progress(self, record: Dict[str, Any]) -> None:
         atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "rng": torch.get_rng_state(), **record}, self.progress_path)
 
-    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int]) -> None:
+    def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int],
+                  serving: Dict[str, Any]) -> None:
         atomic_save({"model": self.model.state_dict(), "epoch": epoch, "config": config,
-                     "vocab": vocab}, os.path.join(self.output_dir, "best.pt"))
+                     "vocab": vocab, "serving": serving}, os.path.join(self.output_dir, "best.pt"))
 
     def load_best(self) -> None:
         best = load_checkpoint(os.path.join(self.output_dir, "best.pt"))

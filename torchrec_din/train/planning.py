@@ -19,9 +19,8 @@ from torchrec_din.distributed import (
     planner_constraints,
 )
 from torchrec_din.train.builder import build_model
+from torchrec_din.train.config import TABLE_KEYS
 
-TABLE_KEYS = ("num_embeddings", "embedding_dim", "sharding_types", "compute_kernels",
-              "history_mean_length")
 
 
 def table_overrides(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:

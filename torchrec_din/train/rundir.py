@@ -2,9 +2,11 @@
 
 A run folder holds ``config.yaml``, ``metrics.json``, ``curves.png``, ``best.pt``,
 ``last.pt`` (and ``best_dcp/``, ``last_dcp/`` for sharded runs). A new run into a folder that
-holds one needs ``--resume`` (continue it) or ``--overwrite`` (start over); the old files are
-removed only once the new run's config and data have been checked, right before its first
-write.
+holds one needs ``--resume`` (continue it) or ``--overwrite`` (start over). ``--overwrite``
+moves the old files into ``.replaced/`` once the new run's config and data are checked, and
+deletes them only when the new run has written its first progress checkpoint (it is then
+resumable). A run that fails before that point leaves the folder as it found it: its own
+files are removed and the replaced ones moved back.
 """
 
 import errno
@@ -40,6 +42,9 @@ class RunLock:
         self._file: Optional[IO[str]] = None
 
     def __enter__(self) -> "RunLock":
+        if os.path.lexists(self.output_dir) and not os.path.isdir(self.output_dir):
+            raise RunDirError(f"--output-dir {self.output_dir} is a file, not a folder; "
+                              "choose another --output-dir")
         os.makedirs(self.output_dir, exist_ok=True)
         f = open(self.path, "a+", encoding="utf-8")
         try:
@@ -90,8 +95,47 @@ def check_run_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
 def clear_run_files(output_dir: str) -> None:
     """Remove a previous run's files (for ``--overwrite``, once the new run is validated)."""
     for name in existing_run_files(output_dir):
+        _remove(os.path.join(output_dir, name))
+
+
+REPLACED = ".replaced"
+
+
+def set_aside_run_files(output_dir: str) -> None:
+    """``--overwrite``: move the old run's files into ``<output_dir>/.replaced/`` (one rename
+    each), where :func:`restore_run_files` finds them if the new run fails early. A
+    ``.replaced/`` left by an earlier overwrite that never got that far already holds the
+    run to keep; files next to it are that failed run's and are removed."""
+    backup = os.path.join(output_dir, REPLACED)
+    os.makedirs(backup, exist_ok=True)
+    for name in existing_run_files(output_dir):
         path = os.path.join(output_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
+        if os.path.lexists(os.path.join(backup, name)):
+            _remove(path)
         else:
-            os.unlink(path)
+            os.replace(path, os.path.join(backup, name))
+
+
+def restore_run_files(output_dir: str) -> None:
+    """Undo a run that failed before its first checkpoint: remove its files and move back
+    what ``--overwrite`` set aside."""
+    clear_run_files(output_dir)
+    backup = os.path.join(output_dir, REPLACED)
+    if os.path.isdir(backup):
+        for name in os.listdir(backup):
+            os.replace(os.path.join(backup, name), os.path.join(output_dir, name))
+        os.rmdir(backup)
+
+
+def drop_replaced(output_dir: str) -> None:
+    """The new run is resumable: the files it replaced go for good."""
+    backup = os.path.join(output_dir, REPLACED)
+    if os.path.isdir(backup):
+        shutil.rmtree(backup)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
