@@ -7,8 +7,12 @@ offending value and the batch row.
 
 Two kinds, with different costs:
 
-* **Shape checks** (``check_*_shapes``, ``get_feature``, ``check_feature_dim``) compare
-  sizes and types only. They never read tensor data, cost nothing on a GPU, and always run.
+* **Shape checks** (``check_*_shapes``, ``get_feature``, ``check_feature_dim``, the size
+  parts of the others) compare sizes and types only. They never read tensor data, cost
+  nothing on a GPU, and always run. They are export-safe: under ``torch.export`` /
+  ``torch.compile`` a batch or row count can be symbolic and even data-dependent (the rows
+  an EmbeddingCollection returns), where a Python ``if`` cannot be decided; there each size
+  condition goes through ``torch._check`` (a recorded runtime assert, see :func:`shape_ok`).
 * **Value checks** (``check_lengths``, ``check_candidate_lengths``, ``check_equal_lengths``,
   ``check_kjt``, ``check_dense``, ``check_labels``) read data: sums, minima, id ranges.
   Each reads a few scalars on the host (a device sync on a GPU), so the modules run them
@@ -46,6 +50,17 @@ def _first_bad_row(bad: Tensor, compiled_message: str) -> int:
     return _first_true(bad)
 
 
+def shape_ok(ok: bool) -> bool:
+    """A size condition, export-safe. Eager and scripted: ``ok`` itself (the caller raises
+    its ValueError). Under ``torch.export`` / ``torch.compile``: ``torch._check(ok)``, which
+    records the condition on symbolic sizes as a runtime assert (and lets the compiler
+    assume it) instead of guarding on it, then True."""
+    if torch.compiler.is_compiling():
+        torch._check(ok)
+        return True
+    return ok
+
+
 def describe(name: str, table: str) -> str:
     """``feature 'name' (table 'table')`` for messages; the table part only when known."""
     if table == "":
@@ -68,11 +83,11 @@ def check_attention_shapes(
             f"keys.values() must be [N, {dim}] (one row per behaviour), "
             f"got shape {list(values.shape)}"
         )
+    if lengths.dim() != 1:
+        raise ValueError(f"keys.lengths() must be [B], got shape {list(lengths.shape)}")
     if grouped:
-        if lengths.dim() != 1:
-            raise ValueError(f"keys.lengths() must be [B], got shape {list(lengths.shape)}")
         return
-    if lengths.dim() != 1 or lengths.size(0) != query.size(0):
+    if not shape_ok(lengths.size(0) == query.size(0)):
         raise ValueError(
             f"keys.lengths() must be [B] with B = {query.size(0)} query rows (one history "
             f"per candidate), got shape {list(lengths.shape)}"
@@ -81,7 +96,7 @@ def check_attention_shapes(
 
 def check_num_candidates(num_candidates: Tensor, lengths: Tensor) -> None:
     """Shape check: one candidate count per history."""
-    if num_candidates.dim() != 1 or num_candidates.size(0) != lengths.size(0):
+    if num_candidates.dim() != 1 or not shape_ok(num_candidates.size(0) == lengths.size(0)):
         raise ValueError(f"num_candidates must be [B] with B = {lengths.size(0)} histories, "
                          f"got shape {list(num_candidates.shape)}")
 
@@ -160,7 +175,7 @@ def check_equal_lengths(
     The sample count is a shape check (always); the per-sample lengths are a value check
     (``validate_values``).
     """
-    if a.size(0) != b.size(0):
+    if not shape_ok(a.size(0) == b.size(0)):
         raise ValueError(
             f"history features '{first}' and '{other}' have {a.size(0)} and {b.size(0)} "
             "samples; they must be equal"
@@ -207,10 +222,29 @@ def check_kjt(
             f"expected exactly {expected}"
         )
     lengths, values = kjt.lengths(), kjt.values()
+    if lengths.device != values.device:
+        raise ValueError(f"{name}: lengths are on {lengths.device} but values on "
+                         f"{values.device}; move the whole KJT with kjt.to(device)")
+    if lengths.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (no data to check or look up); "
+                         "build the batch on cpu or cuda, or set validate_inputs=False to "
+                         "trace shapes only")
+    num_keys = len(keys)
+    if torch.compiler.is_compiling():
+        # No host reads under export / compile: one device assert per condition.
+        torch._assert_async((lengths >= 0).all() & (lengths.sum() == values.numel()),
+                            "KJT lengths must be >= 0 and sum to the number of ids")
+        stride = lengths.numel() // max(num_keys, 1)
+        per_key = lengths.view(num_keys, stride).sum(1)
+        limits = torch.tensor([num_rows[k] for k in keys], dtype=values.dtype,
+                              device=values.device)
+        limit_per_value = torch.repeat_interleave(limits, per_key, output_size=values.numel())
+        torch._assert_async(((values >= 0) & (values < limit_per_value)).all(),
+                            "ids must be in [0, rows of their table)")
+        return
     stride = kjt.stride()
     if stride == 0:
         raise ValueError(f"{name}: empty batch (0 samples)")
-    num_keys = len(keys)
     if lengths.numel() != stride * num_keys:
         raise ValueError(
             f"{name}: lengths has {lengths.numel()} entries, expected batch size {stride} x "
@@ -257,7 +291,7 @@ def check_dense(
         raise ValueError(
             f"dense_features must be [B, {in_features}], got shape {list(dense.shape)}"
         )
-    if dense.size(0) != batch_size:
+    if not shape_ok(dense.size(0) == batch_size):
         raise ValueError(
             f"dense_features has {dense.size(0)} rows but the sparse features hold "
             f"{batch_size} samples"
@@ -274,9 +308,22 @@ def check_dense(
         )
 
 
+def check_pooled_rows(rows: int, batch_size: int, name: str) -> None:
+    """Shape check: a pooled feature has one row per sample of the sequence features."""
+    if not shape_ok(rows == batch_size):
+        raise ValueError(
+            f"pooled_features: feature '{name}' has {rows} rows (batch size of "
+            f"pooled_features) but sequence_features hold {batch_size} samples; both KJTs "
+            "must have the same batch size (one pooled row per sample or history)")
+
+
 def check_labels(labels: Tensor, batch_size: int) -> None:
-    """Value check: labels are [B] and each 0 or 1."""
-    if labels.dim() != 1 or labels.numel() != batch_size:
+    """Labels are a float [B] tensor (shape and type checks) of 0s and 1s (value check)."""
+    if not labels.is_floating_point():
+        raise ValueError(f"labels must be a float tensor of 0.0 / 1.0 (what "
+                         f"BCEWithLogitsLoss takes), got dtype {labels.dtype}; convert them "
+                         "with labels.float()")
+    if labels.dim() != 1 or not shape_ok(labels.size(0) == batch_size):
         raise ValueError(f"labels must be [B] with B = {batch_size}, got {list(labels.shape)}")
     row = _first_bad_row((labels != 0) & (labels != 1), "labels must be 0 or 1")
     if row >= 0:

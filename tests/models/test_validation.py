@@ -124,3 +124,26 @@ def test_fuzz_malformed_kjts_never_pass_silently(model, lengths, values) -> None
         assert all(0 <= v < ROWS[key] for v in values[offset:offset + n])
         offset += n
     assert lengths[0:6] == [1] * 6 and lengths[6:9] == lengths[9:12]
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_pooled_batch_size_must_match_the_sequence_batch(validate) -> None:
+    torch.manual_seed(0)
+    ec, ebc = toy_collections()
+    model = DIN(ec, TOY_GROUPS, ebc, dense_in_features=2, validate_inputs=validate)
+    b, other = toy_batch([1, 2, 0]), toy_batch([1, 2])
+    with pytest.raises(ValueError, match="pooled_features: feature 'user' has 2 rows .* but "
+                                         "sequence_features hold 3 samples"):
+        model(b.sequence_features, other.pooled_features, b.dense_features)
+
+
+def test_bool_labels_and_meta_tensors_are_named(model) -> None:
+    b = toy_batch([1, 2, 0])
+    with pytest.raises(ValueError, match="labels must be a float tensor .* got dtype "
+                                         "torch.bool; convert them with labels.float()"):
+        DINTrain(model)(DINBatch(b.sequence_features, b.pooled_features, b.dense_features,
+                                 b.labels.bool()))
+    meta = KeyedJaggedTensor(keys=KEYS, values=torch.zeros(8, dtype=torch.long, device="meta"),
+                             lengths=torch.ones(12, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match="sequence_features is on the meta device"):
+        model(meta, b.pooled_features, b.dense_features)

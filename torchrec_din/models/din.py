@@ -11,7 +11,13 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.batch import DINBatch
-from torchrec_din.checks import check_dense, check_kjt, check_labels, set_validate_inputs
+from torchrec_din.checks import (
+    check_dense,
+    check_kjt,
+    check_labels,
+    check_pooled_rows,
+    set_validate_inputs,
+)
 from torchrec_din.modules.interaction import (
     AttentionGroup,
     DINInteraction,
@@ -39,6 +45,7 @@ torch.fx.wrap("_required_kjt")
 torch.fx.wrap("check_dense")
 torch.fx.wrap("check_kjt")
 torch.fx.wrap("check_labels")
+torch.fx.wrap("check_pooled_rows")
 
 
 class DINModel(nn.Module):
@@ -129,7 +136,7 @@ class DINModel(nn.Module):
         embeddings = self.embedding_collection(sequence_features)
         candidates = self.interaction.candidates(embeddings)
         return self._over_arch(candidates, self.interaction(embeddings), pooled_features,
-                               dense_features, None)
+                               dense_features, None, sequence_features.stride())
 
     @torch.jit.export
     def forward_grouped(
@@ -149,7 +156,8 @@ class DINModel(nn.Module):
         candidates = self.interaction.candidates_grouped(embeddings)
         return self._over_arch(candidates, self.interaction.forward_grouped(embeddings),
                                pooled_features, dense_features,
-                               self.interaction.history_of_candidates(embeddings))
+                               self.interaction.history_of_candidates(embeddings),
+                               sequence_features.stride())
 
     def _over_arch(
         self,
@@ -158,9 +166,11 @@ class DINModel(nn.Module):
         pooled_features: Optional[KeyedJaggedTensor],
         dense_features: Optional[Tensor],
         rows: Optional[Tensor],
+        batch_size: int,
     ) -> Tensor:
         """[candidates, interest, pooled, dense] -> logits; ``rows`` maps each output row to
-        its sample's pooled and dense row (grouped form), None when they are the same."""
+        its sample's pooled and dense row (grouped form), None when they are the same;
+        ``batch_size``: samples (histories) of the sequence features, B."""
         parts: List[Tensor] = [candidates, interest]
         ebc = self.embedding_bag_collection
         if ebc is not None:
@@ -171,6 +181,7 @@ class DINModel(nn.Module):
             pooled: Dict[str, Tensor] = ebc(
                 _required_kjt(pooled_features, "pooled_features")).to_dict()
             for key in self.pooled_keys:
+                check_pooled_rows(pooled[key].size(0), batch_size, key)
                 parts.append(pooled[key] if rows is None else pooled[key].index_select(0, rows))
         if self.dense_in_features > 0:
             dense = _required(dense_features, "dense_features")

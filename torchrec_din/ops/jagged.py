@@ -166,6 +166,20 @@ def segment_softmax(
     return exp / denom.index_select(0, segment_ids)
 
 
+def _size_from_device(total: Tensor) -> int:
+    """A size held in a 0-d tensor, read on the host (a device sync). Under torch.export /
+    torch.compile it stays symbolic (an unbacked size, checked >= 0), so the program keeps
+    working for every request instead of baking in the example's value."""
+    if torch.jit.is_scripting():
+        return int(total.item())
+    else:
+        n = total.item()
+        if torch.compiler.is_compiling():
+            torch._check(n >= 0)
+            return n
+        return int(n)
+
+
 def candidate_pairs(
     lengths: Tensor,
     num_candidates: Tensor,
@@ -202,7 +216,7 @@ def candidate_pairs(
         output_size=num_candidates_total)
     pair_lengths = lengths.index_select(0, history_of_candidate)
     if num_pairs is None:
-        num_pairs = int(pair_lengths.sum().item())
+        num_pairs = _size_from_device(pair_lengths.sum())
     num_k = pair_lengths.numel()
     pair_candidate = torch.repeat_interleave(
         torch.arange(num_k, device=lengths.device), pair_lengths, output_size=num_pairs)
