@@ -1,8 +1,9 @@
 """Command line.
 
 ``python -m torchrec_din train --config FILE [--set k=v ...] [--output-dir DIR] [--resume]``
-``python -m torchrec_din export --checkpoint RUN_DIR --output scorer.pt``
-``python -m torchrec_din score --checkpoint RUN_DIR --input requests.jsonl --output scores.jsonl``
+``python -m torchrec_din export --checkpoint RUN_DIR --output scorer.pt2 [--format torchscript]``
+``python -m torchrec_din score --model scorer.pt2 (or --checkpoint RUN_DIR) --input requests.jsonl
+--output scores.jsonl``
 ``python -m torchrec_din plan --config FILE --world-size N [--compute-device cuda] [--set ...]``
 """
 
@@ -53,15 +54,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_train.add_argument("--overwrite", action="store_true",
                          help="start over in an --output-dir that holds a run (its files are "
                               "deleted once the new config and data are checked)")
-    p_export = sub.add_parser("export", help="TorchScript the multi-candidate scorer of a run")
+    p_export = sub.add_parser("export", help="export the multi-candidate scorer of a run: an "
+                                             "AOTInductor package (default) or TorchScript")
     p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
-    p_export.add_argument("--output", required=True, help="file for torch.jit.save")
+    p_export.add_argument("--output", required=True,
+                          help="the package (e.g. scorer.pt2) or TorchScript file")
+    p_export.add_argument("--format", choices=["aoti", "torchscript"], default=None,
+                          help="aoti: torch.export + AOTInductor, served by `score --model` "
+                               "(default); torchscript: the legacy format (default with --int8)")
     p_export.add_argument("--int8", action="store_true",
                           help="int8 tables (torchrec inference quantization), then fx trace "
-                               "and script")
+                               "and script (TorchScript only)")
     p_score = sub.add_parser("score", help="score JSON Lines requests: one user, many candidates "
                                            "per line")
-    p_score.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")
+    source = p_score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run folder (uses best.pt) or .pt: the eager model")
+    source.add_argument("--model", help="a scorer package written by `export` (.pt2): what is "
+                                        "served is the exported artifact itself")
     p_score.add_argument("--input", required=True, help="requests, one JSON object per line")
     p_score.add_argument("--output", required=True, help="scores, one JSON object per line")
     p_score.add_argument("--batch-users", type=_positive_int, default=256,
@@ -182,12 +191,30 @@ def _table_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse outputs that are folders or unwritable, and a score output equal to its input."""
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} is a folder; name a file")
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+        raise ValueError(f"--output {args.output}: cannot write into {out_dir}")
+    if args.command == "score":
+        if os.path.isdir(args.input):
+            raise ValueError(f"--input {args.input} is a folder; name a JSON Lines file")
+        if os.path.exists(args.input) and os.path.exists(args.output) and \
+                os.path.samefile(args.input, args.output):
+            raise ValueError(f"--output {args.output} is the --input file; scores would "
+                             "replace the requests")
+
+
 def _serve(args: argparse.Namespace) -> int:
     import json
+    import time
 
     import torch
 
     from torchrec_din.serve import DINScorer, export_scorer, load_trained
+    from torchrec_din.serve.export import export_aoti_scorer, load_aoti_scorer, scorer_spec
     from torchrec_din.serve.requests import (
         batches_within,
         history_length,
@@ -195,48 +222,61 @@ def _serve(args: argparse.Namespace) -> int:
         RequestError,
         to_tensors,
     )
-    from torchrec_din.train.checkpoint import atomic_write_text
+    from torchrec_din.io import atomic_write_text
 
     try:
-        model, state = load_trained(args.checkpoint)
-        out_dir = os.path.dirname(os.path.abspath(args.output))
-        if os.path.isdir(args.output):
-            raise ValueError(f"--output {args.output} is a folder; name a file")
-        if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
-            raise ValueError(f"--output {args.output}: cannot write into {out_dir}")
-        if args.command == "score":
-            if os.path.isdir(args.input):
-                raise ValueError(f"--input {args.input} is a folder; name a JSON Lines file")
-            if os.path.exists(args.input) and os.path.exists(args.output) and \
-                    os.path.samefile(args.input, args.output):
-                raise ValueError(f"--output {args.output} is the --input file; scores would "
-                                 "replace the requests")
+        _check_paths(args)
+        if args.command == "export" or args.checkpoint:
+            model, state = load_trained(args.checkpoint)
+            multi_hot = state.get("serving", {}).get("pooled_multi_hot")  # None: older best.pt
+        else:
+            runner, spec = load_aoti_scorer(args.model)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.command == "export":
-        export_scorer(model, args.output, int(state["config"]["data"]["max_history"]),
-                      int8=args.int8)
-        print(f"[export] TorchScript {'int8 ' if args.int8 else ''}scorer of {args.checkpoint} "
-              f"(epoch {state.get('epoch')}) -> {args.output}")
+        cap = int(state["config"]["data"]["max_history"])
+        fmt = args.format or ("torchscript" if args.int8 else "aoti")
+        if fmt == "aoti" and args.int8:
+            print("error: --int8 exports TorchScript only (--format torchscript): TorchRec's "
+                  "quantized collections are exported through torchrec.fx + TorchScript",
+                  file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        if fmt == "torchscript":
+            export_scorer(model, args.output, cap, int8=args.int8)
+            what = f"TorchScript {'int8 ' if args.int8 else ''}scorer"
+        else:
+            export_aoti_scorer(model, args.output, cap, multi_hot)
+            what = "AOTInductor scorer package"
+        print(f"[export] {what} of {args.checkpoint} (epoch {state.get('epoch')}) -> "
+              f"{args.output} ({time.perf_counter() - start:.0f} s)")
         return 0
-    trained_cap = int(state["config"]["data"]["max_history"])
-    max_history = trained_cap if args.max_history is None else args.max_history
-    if max_history < 0:
-        print(f"error: --max-history must be >= 0, got {max_history}", file=sys.stderr)
-        return 2
+    if args.checkpoint:
+        trained_cap = int(state["config"]["data"]["max_history"])
+        max_history = trained_cap if args.max_history is None else args.max_history
+        if max_history < 0:
+            print(f"error: --max-history must be >= 0, got {max_history}", file=sys.stderr)
+            return 2
+        runner = DINScorer(model, max_history).eval()
+        spec = scorer_spec(runner, multi_hot)
+    else:
+        max_history = int(spec["max_history"])
+        if args.max_history is not None and args.max_history != max_history:
+            print(f"error: --model {args.model} keeps the newest {max_history} behaviours "
+                  f"(fixed when it was exported); --max-history {args.max_history} needs a "
+                  "new export or --checkpoint", file=sys.stderr)
+            return 2
     if args.keep_freed_memory:
         from torchrec_din.allocator import keep_freed_memory
 
         keep_freed_memory()
-    scorer = DINScorer(model, max_history).eval()
-    rows = {**model.sequence_rows, **model.pooled_rows}  # feature -> its table's rows
-    groups = list(zip(scorer.group_names, scorer.group_features))
+    groups = list(zip(spec["group_names"], spec["group_features"]))
+    pooled = spec["pooled_features"]
     try:
-        multi_hot = state.get("serving", {}).get("pooled_multi_hot")  # None: an older best.pt
-        requests = list(read_requests(args.input, scorer.features, groups,
-                                      scorer.pooled_features, rows, scorer.dense_in_features,
-                                      multi_hot))
+        requests = list(read_requests(args.input, spec["features"], groups, pooled,
+                                      spec["rows"], spec["dense_in_features"],
+                                      spec["pooled_multi_hot"]))
         cut = sum(history_length(r) - history_length(r, max_history) for r in requests)
         chunks = list(batches_within(requests, args.batch_users, args.max_pairs, max_history))
     except (RequestError, OSError) as e:
@@ -248,7 +288,7 @@ def _serve(args: argparse.Namespace) -> int:
     lines = []
     with torch.no_grad():
         for chunk in chunks:
-            probs = torch.sigmoid(scorer(*to_tensors(chunk, scorer.pooled_features))).tolist()
+            probs = torch.sigmoid(runner(*to_tensors(chunk, pooled))).tolist()
             offset = 0
             for r in chunk:
                 k = len(r["candidates"][0])

@@ -107,19 +107,9 @@ def _arg_names(model: nn.Module, n: int) -> Tuple[str, ...]:
 def save_program(program: ExportedProgram, path: str) -> None:
     """``torch.export.save`` into a temp file next to ``path``, then renamed: a killed save
     never leaves a half-written program under ``path``."""
-    import os
-    import tempfile
+    from torchrec_din.io import atomic_write_path
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt2", dir=folder)
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_path(path, lambda tmp: torch.export.save(program, tmp))
 
 
 def load_program(path: str) -> ExportedProgram:

@@ -3,10 +3,12 @@
 A kill at any moment leaves either the previous file or the new one, never half of one.
 """
 
+import json
+import math
 import os
 import secrets
 import shutil
-from typing import Callable, IO
+from typing import Any, Callable, IO
 
 TEMP_PREFIX = ".tmp-"
 
@@ -48,15 +50,55 @@ def remove_stale_temp_files(folder: str) -> int:
     return removed
 
 
-def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Call ``write(file)`` on a temp file next to ``path`` and rename it over ``path``."""
+def _temp_name(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     suffix = os.path.splitext(path)[1]
+    # The writer's pid in the name lets remove_stale_temp_files tell dead writers' files.
+    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
+
+
+def atomic_write_path(path: str, produce: Callable[[str], None]) -> None:
+    """For writers that take a file name (``torch.export.save``, AOTInductor packaging):
+    ``produce(tmp)`` writes a temp file next to ``path``, which is then fsynced and renamed
+    over ``path``."""
+    tmp = _temp_name(path)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    try:
+        produce(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN / Infinity: an undefined metric is null
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(obj: Any, path: str) -> None:
+    """Strict JSON (NaN and infinities written as null), atomically."""
+    atomic_write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False), path)
+
+
+def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call ``write(file)`` on a temp file next to ``path`` and rename it over ``path``."""
+    tmp = _temp_name(path)
     # Created with mode 0666 so the kernel applies the umask, as for any normal file
     # (mkstemp would make it 0600 and, e.g., a serving account could not read a checkpoint).
-    # The writer's pid in the name lets remove_stale_temp_files tell dead writers' files.
-    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{suffix}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:

@@ -303,3 +303,53 @@ def test_multi_hot_pooled_feature_serves_as_it_trains(tmp_path) -> None:
     with pytest.raises(RequestError, match=r"line 2: user.tags id 12 out of range \[0, 12\)"):
         parse_request(lines[0].replace("[1, 5, 7]", "[1, 12]"), 2, scorer.features, groups,
                       scorer.pooled_features, rows, 0)
+
+
+def test_aoti_package_serves_the_eager_scores(tmp_path, capsys) -> None:
+    """export (default: an AOTInductor package of the whole grouped scorer) then
+    `score --model`: the same request format and checks, the eager model's scores within
+    1e-5, the history cap baked in; damaged or foreign packages are named."""
+    model, config = _two_group_model(attention_activation="dice",
+                                     attention_normalization="softmax")
+    config["data"]["max_history"] = 2
+    run = tmp_path / "run"
+    atomic_save({"model": model.state_dict(), "config": config, "vocab": VOCAB, "epoch": 0,
+                 "serving": {"pooled_multi_hot": []}}, str(run / "best.pt"))
+    package = tmp_path / "scorer.pt2"
+    assert main(["export", "--checkpoint", str(run), "--output", str(package)]) == 0
+    assert "AOTInductor scorer package" in capsys.readouterr().out
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("\n".join(_two_group_lines()) + "\n")
+    out = {}
+    for source in (["--model", str(package)], ["--checkpoint", str(run)]):
+        path = tmp_path / f"scores{len(out)}.jsonl"
+        assert main(["score", *source, "--input", str(requests), "--output", str(path),
+                     "--batch-users", "3"]) == 0
+        out[source[0]] = torch.tensor(sum((json.loads(x)["scores"]
+                                           for x in path.read_text().splitlines()), []))
+    expected = torch.sigmoid(_two_group_rows(model, max_history=2))
+    torch.testing.assert_close(out["--checkpoint"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["--model"], expected, rtol=1e-5, atol=1e-5)
+
+    # The package's request checks are the model's: a list for a single-hot feature.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(_two_group_lines()[0].replace('"user": 12', '"user": [12, 1]') + "\n")
+    assert main(["score", "--model", str(package), "--input", str(bad), "--output",
+                 str(tmp_path / "s.jsonl")]) == 1
+    assert "line 1: user.user must be one integer id" in capsys.readouterr().err
+    assert main(["score", "--model", str(package), "--input", str(requests), "--output",
+                 str(tmp_path / "s.jsonl"), "--max-history", "5"]) == 2
+    assert "keeps the newest 2 behaviours (fixed when it was exported)" in \
+        capsys.readouterr().err
+    for name, content in (("junk.pt2", b"junk"), ("other.pt2", None)):
+        path = tmp_path / name
+        if content is None:
+            torch.save({"a": 1}, path)  # a zip, but not a scorer package
+        else:
+            path.write_bytes(content)
+        assert main(["score", "--model", str(path), "--input", str(requests), "--output",
+                     str(tmp_path / "s.jsonl")]) == 1
+        assert f"--model {path} is not a scorer package" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(run), "--output", str(package), "--int8",
+                 "--format", "aoti"]) == 2
+    assert "--int8 exports TorchScript only" in capsys.readouterr().err

@@ -1,12 +1,15 @@
-"""Load a trained model from its checkpoint and export the scorer with TorchScript."""
+"""Load a trained model from its checkpoint and export its grouped scorer: an AOTInductor
+package (``torch.export`` of the whole scorer, compiled ahead of time; the default) or, as
+the legacy format, TorchScript (fp32 or int8)."""
 
 import copy
+import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from torchrec_din.io import atomic_write
+from torchrec_din.io import atomic_write, atomic_write_path
 from torchrec_din.models import DINModel
 from torchrec_din.serve.scorer import DINScorer
 from torchrec_din.train.builder import build_model
@@ -49,3 +52,89 @@ def export_scorer(model: DINModel, path: str, max_history: int = 0,
     scripted = script_scorer(model, max_history, int8)
     atomic_write(path, lambda f: torch.jit.save(scripted, f))
     return scripted
+
+
+# Where the AOTInductor package keeps what `score` needs to read requests for it.
+SPEC_FILE = "torchrec_din/scorer_spec.json"
+
+
+def scorer_spec(scorer: DINScorer, pooled_multi_hot: Optional[List[str]] = None
+                ) -> Dict[str, Any]:
+    """What a request for ``scorer`` must hold, as JSON: candidate features, groups and
+    their features, pooled features (and which are multi-hot), table rows per feature, the
+    dense width and the history cap."""
+    model = scorer.model
+    return {"format": 1, "features": scorer.features, "group_names": scorer.group_names,
+            "group_features": scorer.group_features,
+            "history_features": scorer.history_features,
+            "pooled_features": scorer.pooled_features,
+            "pooled_multi_hot": pooled_multi_hot,
+            "rows": {**model.sequence_rows, **model.pooled_rows},
+            "dense_in_features": scorer.dense_in_features,
+            "max_history": scorer.max_history, "torch": torch.__version__}
+
+
+def example_request(scorer: DINScorer) -> Tuple[Any, ...]:
+    """A small request of 3 users (histories of 3, 0 and 5 behaviours in every group; 2, 1
+    and 4 candidates), ids 0: the example inputs the scorer is exported on."""
+    from torchrec_din.serve.scorer import pooled_kjt
+
+    lengths = torch.tensor([3, 0, 5])
+    counts = torch.tensor([2, 1, 4])
+    hist = [torch.zeros(8, len(f), dtype=torch.long) for f in scorer.history_features]
+    pooled = pooled_kjt(scorer.pooled_features,
+                        torch.zeros(3, len(scorer.pooled_features), dtype=torch.long))
+    return (hist, [lengths.clone() for _ in hist],
+            torch.zeros(7, len(scorer.features), dtype=torch.long), counts, pooled,
+            torch.zeros(3, scorer.dense_in_features))
+
+
+def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
+                       pooled_multi_hot: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The grouped scorer of ``model`` as an AOTInductor package at ``path``: whole-model
+    ``torch.export`` (users, behaviours and candidates per user dynamic), compiled by
+    ``torch._inductor.aoti_compile_and_package``, with the request spec inside. Written to
+    a temp file next to ``path`` and renamed. Returns the spec.
+
+    The package runs without Python's model code (``torch._inductor.aoti_load_package`` or
+    C++ ``AOTIModelPackageLoader``); :func:`load_aoti_scorer` loads it with its spec.
+    """
+    import zipfile
+
+    from torchrec_din.export import export_model
+
+    scorer = DINScorer(model, max_history).eval()
+    spec = scorer_spec(scorer, pooled_multi_hot)
+    with torch.no_grad():
+        program = export_model(scorer, example_request(scorer))
+    def package(tmp: str) -> None:
+        torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        with zipfile.ZipFile(tmp, "a") as z:
+            z.writestr(SPEC_FILE, json.dumps(spec))
+
+    atomic_write_path(path, package)
+    return spec
+
+
+def load_aoti_scorer(path: str) -> Tuple[Any, Dict[str, Any]]:
+    """(callable, spec) of a package written by :func:`export_aoti_scorer`; the callable
+    takes the :class:`DINScorer` inputs. A missing, damaged or foreign file is a ValueError
+    naming it."""
+    import zipfile
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            spec = json.loads(z.read(SPEC_FILE).decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise ValueError(f"--model {path} is not a scorer package written by `python -m "
+                         f"torchrec_din export` ({type(e).__name__}: {e})") from None
+    import fbgemm_gpu  # noqa: F401  (registers the FBGEMM ops a package may call)
+
+    try:
+        runner = torch._inductor.aoti_load_package(path)
+    except Exception as e:
+        raise ValueError(f"--model {path}: the AOTInductor package cannot be loaded "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return runner, spec

@@ -1,37 +1,16 @@
 """Atomic checkpoint files: a killed save never leaves a file that loads as valid."""
 
-import json
-import math
 import os
 from typing import Any, Dict, List
 
 import torch
 
-from torchrec_din.io import atomic_write
+from torchrec_din.io import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401
 
 
 def atomic_save(obj: Dict[str, Any], path: str) -> None:
     """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN / Infinity: an undefined metric is null
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(obj: Any, path: str) -> None:
-    """Strict JSON (NaN and infinities written as null), atomically."""
-    atomic_write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False), path)
 
 
 class CheckpointError(ValueError):
