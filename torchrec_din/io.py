@@ -63,7 +63,9 @@ def atomic_write_path(path: str, produce: Callable[[str], None]) -> None:
     ``produce(tmp)`` writes a temp file next to ``path``, which is then fsynced and renamed
     over ``path``."""
     tmp = _temp_name(path)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    # Created with mode 0666 so the kernel applies the umask, as for any normal file
+    # (mkstemp would make it 0600 and, e.g., a serving account could not read a checkpoint).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         produce(tmp)
         with open(tmp, "rb") as f:
@@ -96,17 +98,8 @@ def atomic_write_json(obj: Any, path: str) -> None:
 
 def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) -> None:
     """Call ``write(file)`` on a temp file next to ``path`` and rename it over ``path``."""
-    tmp = _temp_name(path)
-    # Created with mode 0666 so the kernel applies the umask, as for any normal file
-    # (mkstemp would make it 0600 and, e.g., a serving account could not read a checkpoint).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+    def produce(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write_path(path, produce)
