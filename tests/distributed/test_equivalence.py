@@ -80,3 +80,60 @@ def test_sharded_matches_unsharded(item_sharding, pooled_sharding) -> None:
                 "model.embedding_bag_collection.embedding_bags.user.weight"):
         assert not torch.equal(initial[key], final[key]), f"{key} did not train"
         torch.testing.assert_close(state[key], final[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def _dice_ranks(rank, world_size, sync):
+    from torchrec_din.distributed import statistics_buffers, sync_buffers
+
+    with MultiProcessContext(rank, world_size, "gloo", use_deterministic_algorithms=False) as ctx:
+        torch.manual_seed(0)
+        ec, ebc = toy_collections()
+        model = DINTrain(DIN(ec, TOY_GROUPS, ebc, dense_in_features=2,
+                             attention_activation="dice", over_arch_activation="dice"))
+        sharders = make_sharders("sgd", LR)
+        plan = manual_plan(model, {"item": "row_wise", "cate": "table_wise",
+                                   "user": "table_wise"}, world_size, sharders)
+        dmp = shard(model, plan, sharders, ctx.pg)
+        opt = torch.optim.SGD([p for _, p in dense_parameters(dmp)], lr=LR)
+        for step in range(STEPS):
+            loss, _ = dmp(_batches(step)[rank])  # each rank its own data
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        before = [b.clone() for b in statistics_buffers(dmp)]
+        count = sync_buffers(dmp) if sync else 0
+        after = [b.clone() for b in statistics_buffers(dmp)]
+        dmp.eval()
+        with torch.no_grad():
+            logits = dmp(_batches(STEPS)[0])[1][1].detach()  # the same batch on both ranks
+        state = gather_state_dict(dmp)
+        return count, before, after, logits, state
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_dice_statistics_agree_across_ranks_after_sync(sync) -> None:
+    results = run_multi_process_func(_dice_ranks, world_size=2, sync=sync,
+                                     use_deterministic_algorithms=False)
+    (count, before0, after0, logits0, state), (_, before1, after1, logits1, _) = results
+    assert len(before0) == 8  # four Dice layers (attention 2, over arch 2): mean and var
+    differs = any(not torch.equal(a, b) for a, b in zip(before0, before1))
+    assert differs  # rank-local batches moved the statistics apart
+    # The gathered model, unsharded, scores the batch as every rank's sharded model does.
+    torch.manual_seed(0)
+    ec, ebc = toy_collections()
+    single = DINTrain(DIN(ec, TOY_GROUPS, ebc, dense_in_features=2,
+                          attention_activation="dice", over_arch_activation="dice"))
+    single.load_state_dict(state)
+    single.eval()
+    with torch.no_grad():
+        expected = single(_batches(STEPS)[0])[1][1]
+    if sync:
+        assert count == 8
+        for a, b, x, y in zip(after0, after1, before0, before1):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a, (x.double() + y.double()).div(2).float())
+        torch.testing.assert_close(logits0, logits1, rtol=0, atol=0)
+        torch.testing.assert_close(logits1, expected, rtol=1e-5, atol=1e-6)
+    else:  # what the sync fixes: rank 1 is not the model that is saved
+        torch.testing.assert_close(logits0, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(logits1, expected, rtol=1e-5, atol=1e-6)

@@ -16,3 +16,4 @@ from torchrec_din.distributed.sharding import (  # noqa: F401
     SHARDING_TYPES,
     use_pipeline_jit_model,
 )
+from torchrec_din.distributed.statistics import statistics_buffers, sync_buffers  # noqa: F401

@@ -36,6 +36,7 @@ from torchrec_din.distributed import (
     gather_state_dict,
     make_sharders,
     shard,
+    sync_buffers,
 )
 from torchrec_din.models import DINTrain
 from torchrec_din.train.builder import build_model
@@ -179,6 +180,7 @@ class ShardedBackend(Backend):
     def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
         """Every rank scores a contiguous part; rank 0 gets all logits."""
+        self.sync_statistics()  # one model on every rank
         logits: List[np.ndarray] = []
         start = time.perf_counter()
         self.dmp.eval()
@@ -212,6 +214,7 @@ class ShardedBackend(Backend):
     def save_progress(self, record: Dict[str, Any]) -> None:
         # Model + fused optimizer state sharded, and (rank 0) the rest in the same folder,
         # swapped in together.
+        self.sync_statistics()
         rngs = self.gather(torch.get_rng_state())
         _save_sharded({"model": self.dmp.state_dict(),
                        "optim": self.dmp.fused_optimizer.state_dict()},
@@ -220,6 +223,7 @@ class ShardedBackend(Backend):
 
     def save_best(self, epoch: int, config: Dict[str, Any], vocab: Dict[str, int],
                   serving: Dict[str, Any]) -> None:
+        self.sync_statistics()
         _save_sharded(self.dmp.state_dict(), os.path.join(self.output_dir, "best_dcp"),
                       self.rank)
         full = gather_state_dict(self.dmp)
@@ -233,6 +237,10 @@ class ShardedBackend(Backend):
         state = self.dmp.state_dict()
         _load_sharded(state, os.path.join(self.output_dir, "best_dcp"))
         self.dmp.load_state_dict(state)
+
+    def sync_statistics(self) -> None:
+        # DDP under DMP leaves buffers rank-local (broadcast_buffers=False): average them.
+        sync_buffers(self.dmp)  # the default group: the buffers live on the model's device
 
     def any(self, flags: List[bool]) -> List[bool]:
         t = torch.tensor([int(f) for f in flags])

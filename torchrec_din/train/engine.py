@@ -96,6 +96,10 @@ class Backend:
     def load_best(self) -> None:
         raise NotImplementedError
 
+    def sync_statistics(self) -> None:
+        """Make the model's running statistics (Dice) the same on every rank; the engine
+        calls it at every loss read (backends also before evaluation and saving)."""
+
     def any(self, flags: List[bool]) -> List[bool]:
         """Element-wise OR of ``flags`` over ranks."""
         return list(flags)
@@ -436,6 +440,7 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
 
             def sync(step: int) -> bool:
                 """Read the pending losses; raise on a non-finite one; True: stop now."""
+                backend.sync_statistics()
                 value = float(pending["sum"]) if pending["sum"] is not None else 0.0
                 stopping, bad = backend.any([stop.signal is not None, not math.isfinite(value)])
                 first = pending["first"]
