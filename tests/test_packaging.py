@@ -11,7 +11,7 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ["torchrec_din", "torchrec_din.ops", "torchrec_din.modules", "torchrec_din.models",
            "torchrec_din.distributed", "torchrec_din.checks", "torchrec_din.batch",
-           "torchrec_din.testing"]
+           "torchrec_din.testing", "torchrec_din.export"]
 APPLICATION = ["torchrec_din.train", "torchrec_din.data", "torchrec_din.serve",
                "torchrec_din.metrics", "torchrec_din.cli"]
 
@@ -100,3 +100,30 @@ def test_wheel_installs_into_existing_torchrec_environment(tmp_path) -> None:
                           capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(venv) in proc.stdout  # the wheel's copy, not this checkout
+
+
+# torch minor -> the FBGEMM minor built against it (fbgemm_gpu's own table), for the lines
+# pyproject.toml admits. A clean install must resolve to one of these pairs.
+FBGEMM_FOR_TORCH = {"2.13": "1.8", "2.14": "1.9"}
+
+
+def test_a_clean_install_resolves_to_a_tested_pairing(tmp_path) -> None:
+    """`pip install torchrec-din[train]` in a clean environment, resolved against the package
+    index (no local wheels, no local caps): torch, FBGEMM and torchrec land on one release
+    line that imports together. Fails the day a new torch or FBGEMM release breaks that."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    report = tmp_path / "report.json"
+    cert = os.environ.get("PIP_CERT")
+    args = [str(venv / "bin" / "python"), "-m", "pip", "install", "--isolated",
+            "--disable-pip-version-check", "-q", "--dry-run", "--ignore-installed",
+            "--report", str(report)] + (["--cert", cert] if cert else []) + [f"{ROOT}[train]"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+           for i in json.loads(report.read_text())["install"]}
+    torch_minor = ".".join(got["torch"].split(".")[:2])
+    fbgemm = got.get("fbgemm-gpu") or got.get("fbgemm-gpu-cpu")
+    assert torch_minor in FBGEMM_FOR_TORCH, got
+    assert fbgemm is not None and fbgemm.startswith(FBGEMM_FOR_TORCH[torch_minor] + "."), got
+    assert got["torchrec"].startswith(FBGEMM_FOR_TORCH[torch_minor] + "."), got

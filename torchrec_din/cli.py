@@ -62,6 +62,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_export.add_argument("--format", choices=["aoti", "torchscript"], default=None,
                           help="aoti: torch.export + AOTInductor, served by `score --model` "
                                "(default); torchscript: the legacy format (default with --int8)")
+    p_export.add_argument("--device", default="cpu",
+                          help="cpu, cuda or cuda:N: where the exported scorer runs (an AOTI "
+                               "package is compiled for that device)")
     p_export.add_argument("--int8", action="store_true",
                           help="int8 tables (torchrec inference quantization), then fx trace "
                                "and script (TorchScript only)")
@@ -81,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_score.add_argument("--max-pairs", type=_positive_int, default=2_000_000,
                          help="bound on (candidate, behaviour) pairs per call: memory grows "
                               "with it; a single larger request is an error")
+    p_score.add_argument("--device", default="auto",
+                         help="auto, cpu, cuda or cuda:N for --checkpoint (auto: cuda when "
+                              "available); a --model package runs where it was compiled")
     p_score.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction,
                          default=True,
                          help="glibc malloc keeps freed memory for the next call instead of "
@@ -220,17 +226,21 @@ def _serve(args: argparse.Namespace) -> int:
         history_length,
         read_requests,
         RequestError,
+        to_device,
         to_tensors,
     )
     from torchrec_din.io import atomic_write_text
+    from torchrec_din.train.config import resolve_device
 
     try:
         _check_paths(args)
         if args.command == "export" or args.checkpoint:
-            model, state = load_trained(args.checkpoint)
+            device = resolve_device(args.device)
+            model, state = load_trained(args.checkpoint, device)
             multi_hot = state.get("serving", {}).get("pooled_multi_hot")  # None: older best.pt
         else:
             runner, spec = load_aoti_scorer(args.model)
+            device = torch.device(spec.get("device", "cpu"))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -288,7 +298,8 @@ def _serve(args: argparse.Namespace) -> int:
     lines = []
     with torch.no_grad():
         for chunk in chunks:
-            probs = torch.sigmoid(runner(*to_tensors(chunk, pooled))).tolist()
+            inputs = to_device(to_tensors(chunk, pooled), device)
+            probs = torch.sigmoid(runner(*inputs)).cpu().tolist()
             offset = 0
             for r in chunk:
                 k = len(r["candidates"][0])

@@ -71,6 +71,8 @@ class DINModel(nn.Module):
             features) with clear errors; costs one vectorised pass over the ids and a few
             host reads (device syncs). Off: a forward and backward do no host sync (shape
             checks still run; they are free). Sets the interaction's switch too.
+        device (Optional[torch.device]): where the over arch lives (the collections and
+            the interaction carry their own, as TorchRec's modules do).
 
     Shapes:
         sequence_features: KJT over the collection's features (candidates: one id per
@@ -93,6 +95,7 @@ class DINModel(nn.Module):
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         set_validate_inputs(interaction, validate_inputs)  # one switch for the whole model
@@ -120,9 +123,9 @@ class DINModel(nn.Module):
                     self.feature_tables[f] = config.name
         in_features = 2 * interaction.output_dim + pooled_dim + dense_in_features
         self.over_arch = ActivationMLP(
-            in_features, over_arch_layer_sizes, over_arch_activation, dropout
+            in_features, over_arch_layer_sizes, over_arch_activation, dropout, device
         )
-        self.final = nn.Linear(self.over_arch.out_features, 1)
+        self.final = nn.Linear(self.over_arch.out_features, 1, device=device)
 
     def forward(
         self,
@@ -204,7 +207,7 @@ class DIN(DINModel):
         attention_activation (str): "sigmoid", "dice", "prelu" or "relu".
         attention_normalization (str): "none" (the paper) or "softmax".
         use_outer_product (bool): outer product of e and v in the attention input.
-        over_arch_layer_sizes, over_arch_activation, dropout, validate_inputs: see
+        over_arch_layer_sizes, over_arch_activation, dropout, validate_inputs, device: see
             :class:`DINModel`.
 
     Example::
@@ -230,6 +233,7 @@ class DIN(DINModel):
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         dims, tables = feature_specs([embedding_collection])
         interaction = DINInteraction(
@@ -241,6 +245,7 @@ class DIN(DINModel):
             use_outer_product,
             tables,
             validate_inputs,
+            device,
         )
         super().__init__(
             embedding_collection,
@@ -251,6 +256,7 @@ class DIN(DINModel):
             over_arch_activation,
             dropout,
             validate_inputs,
+            device,
         )
 
 
@@ -275,6 +281,7 @@ class BaseModel(DINModel):
         over_arch_activation: str = "prelu",
         dropout: float = 0.0,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         dims, tables = feature_specs([embedding_collection])
         interaction = SumPoolingInteraction(groups, dims, tables, validate_inputs)
@@ -287,6 +294,7 @@ class BaseModel(DINModel):
             over_arch_activation,
             dropout,
             validate_inputs,
+            device,
         )
 
 

@@ -1,5 +1,7 @@
 """Activations used by DIN: Dice (paper section 4.3) and a factory by name."""
 
+from typing import Optional
+
 import torch
 from torch import nn, Tensor
 
@@ -35,16 +37,17 @@ class Dice(nn.Module):
         y = dice(torch.randn(128, 40))
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.1) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-8, momentum: float = 0.1,
+                 device: Optional[torch.device] = None) -> None:
         super().__init__()
         if num_features <= 0:
             raise ValueError(f"Dice needs num_features > 0, got {num_features}")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
-        self.alpha = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
+        self.alpha = nn.Parameter(torch.zeros(num_features, device=device))
+        self.register_buffer("running_mean", torch.zeros(num_features, device=device))
+        self.register_buffer("running_var", torch.ones(num_features, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
@@ -74,12 +77,15 @@ class Dice(nn.Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-def make_activation(name: str, num_features: int) -> nn.Module:
+def make_activation(name: str, num_features: int,
+                    device: Optional[torch.device] = None) -> nn.Module:
     """Build an activation module by name for a layer of ``num_features`` units.
 
     Args:
         name (str): one of "sigmoid", "dice", "prelu" (per-feature slope), "relu".
         num_features (int): width of the layer the activation follows.
+        device (Optional[torch.device]): where its parameters live (default: the current
+            default device).
 
     Returns:
         nn.Module
@@ -91,9 +97,9 @@ def make_activation(name: str, num_features: int) -> nn.Module:
     if name == "sigmoid":
         return nn.Sigmoid()
     if name == "dice":
-        return Dice(num_features)
+        return Dice(num_features, device=device)
     if name == "prelu":
-        return nn.PReLU(num_features)
+        return nn.PReLU(num_features, device=device)
     if name == "relu":
         return nn.ReLU()
     raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {name!r}")

@@ -57,6 +57,7 @@ class LocalActivationUnit(nn.Module):
         activation (str): "sigmoid" (the paper), "dice", "prelu" or "relu". Dice statistics
             are taken over the N real behaviours.
         use_outer_product (bool): add the outer product of e and v to the MLP input.
+        device (Optional[torch.device]): where the parameters live.
 
     Shapes:
         query: [B, D]; values: [N, D]; segment_ids: [N] (sample of each behaviour);
@@ -76,6 +77,7 @@ class LocalActivationUnit(nn.Module):
         hidden_units: Sequence[int] = (80, 40),
         activation: str = "sigmoid",
         use_outer_product: bool = False,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         if embedding_dim <= 0:
@@ -86,16 +88,17 @@ class LocalActivationUnit(nn.Module):
         self.use_outer_product = use_outer_product
         self.outer_as_gemm = embedding_dim <= OUTER_GEMM_MAX_DIM
         first = hidden_units[0]
-        self.input_layer = nn.Linear(4 * embedding_dim, first)
+        self.input_layer = nn.Linear(4 * embedding_dim, first, device=device)
         self.outer_weight: Optional[nn.Parameter] = None
         if use_outer_product:
             bound = 1.0 / (embedding_dim * (4 + embedding_dim)) ** 0.5
             self.outer_weight = nn.Parameter(
-                torch.empty(first, embedding_dim, embedding_dim).uniform_(-bound, bound)
+                torch.empty(first, embedding_dim, embedding_dim, device=device)
+                .uniform_(-bound, bound)
             )
-        self.input_activation = make_activation(activation, first)
-        self.hidden = ActivationMLP(first, hidden_units[1:], activation)
-        self.output_layer = nn.Linear(self.hidden.out_features, 1)
+        self.input_activation = make_activation(activation, first, device)
+        self.hidden = ActivationMLP(first, hidden_units[1:], activation, device=device)
+        self.output_layer = nn.Linear(self.hidden.out_features, 1, device=device)
 
     def first_layer(
         self,
@@ -210,6 +213,7 @@ class JaggedTargetAttention(nn.Module):
         normalization: str = "none",
         use_outer_product: bool = False,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
@@ -220,7 +224,7 @@ class JaggedTargetAttention(nn.Module):
         self.normalization = normalization
         self.validate_inputs = validate_inputs
         self.unit = LocalActivationUnit(
-            embedding_dim, hidden_units, activation, use_outer_product
+            embedding_dim, hidden_units, activation, use_outer_product, device
         )
 
     def attend(self, query: Tensor, values: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:

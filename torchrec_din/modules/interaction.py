@@ -109,8 +109,10 @@ class _GroupedInteraction(nn.Module):
         embedding_dim: Union[int, Dict[str, int]],
         feature_tables: Optional[Dict[str, str]] = None,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
+        del device  # no parameters here; the subclasses' own ones take it
         if not groups:
             raise ValueError("at least one AttentionGroup is needed")
         names = [g.name for g in groups]
@@ -153,6 +155,17 @@ class _GroupedInteraction(nn.Module):
             sum(dims[f] for f in g.candidate_features) for g in groups
         ]
         self.output_dim: int = sum(self.group_dims)
+
+
+    @classmethod
+    def from_collections(
+        cls, groups: Sequence[AttentionGroup], collections: Sequence[nn.Module], **kwargs: Any
+    ) -> Any:
+        """Build with each feature's dim and table read from the embedding collections
+        (``EmbeddingCollection`` and friends, sharded or not); ``kwargs`` go to the
+        constructor (``hidden_units``, ``activation``, ``device``, ...)."""
+        dims, tables = feature_specs(collections)
+        return cls(groups, dims, feature_tables=tables, **kwargs)
 
     def _feature(self, embeddings: Dict[str, JaggedTensor], name: str, group: int) -> JaggedTensor:
         table = self.feature_tables[name]
@@ -251,6 +264,8 @@ class DINInteraction(_GroupedInteraction):
         validate_inputs (bool): value checks on every call (candidates have one id per
             sample, a group's histories have equal lengths, lengths match values): a few
             host reads (device syncs). Shape and dim checks always run (free). Off: no sync.
+        device (Optional[torch.device]): where the attention parameters live (as for
+            TorchRec's modules; ``from_collections`` passes it through).
 
     Shapes:
         input: candidate features with values [B, D_f] (one id per sample), history
@@ -280,6 +295,7 @@ class DINInteraction(_GroupedInteraction):
         use_outer_product: bool = False,
         feature_tables: Optional[Dict[str, str]] = None,
         validate_inputs: bool = True,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__(groups, embedding_dim, feature_tables, validate_inputs)
         # A list in group order, not a ModuleDict: group names such as "items" or "keys"
@@ -288,19 +304,12 @@ class DINInteraction(_GroupedInteraction):
             [
                 JaggedTargetAttention(
                     dim, hidden_units, activation, normalization, use_outer_product,
-                    validate_inputs,
+                    validate_inputs, device,
                 )
                 for dim in self.group_dims
             ]
         )
 
-    @classmethod
-    def from_collections(
-        cls, groups: Sequence[AttentionGroup], collections: Sequence[nn.Module], **kwargs: Any
-    ) -> "DINInteraction":
-        """Build with each feature's dim and table read from the embedding collections."""
-        dims, tables = feature_specs(collections)
-        return cls(groups, dims, feature_tables=tables, **kwargs)
 
     def forward(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         outputs: List[Tensor] = []

@@ -1,7 +1,8 @@
 """A plain MLP whose every layer carries its own activation module."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
+import torch
 from torch import nn, Tensor
 
 from torchrec_din.modules.activation import make_activation
@@ -19,6 +20,7 @@ class ActivationMLP(nn.Module):
         layer_sizes (Sequence[int]): output width of each layer.
         activation (str): see :func:`make_activation`.
         dropout (float): dropout probability after each activation (0 disables it).
+        device (Optional[torch.device]): where the parameters live.
 
     Shapes:
         input: [M, in_features]. output: [M, layer_sizes[-1]] (or the input if no layers).
@@ -35,6 +37,7 @@ class ActivationMLP(nn.Module):
         layer_sizes: Sequence[int],
         activation: str = "relu",
         dropout: float = 0.0,
+        device: Optional[torch.device] = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -44,8 +47,8 @@ class ActivationMLP(nn.Module):
         for size in layer_sizes:
             if size <= 0:
                 raise ValueError(f"layer sizes must be positive, got {list(layer_sizes)}")
-            layers.append(nn.Linear(width, size))
-            layers.append(make_activation(activation, size))
+            layers.append(nn.Linear(width, size, device=device))
+            layers.append(make_activation(activation, size, device))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size

@@ -168,13 +168,14 @@ def segment_softmax(
 
 def _size_from_device(total: Tensor) -> int:
     """A size held in a 0-d tensor, read on the host (a device sync). Under torch.export /
-    torch.compile it stays symbolic (an unbacked size, checked >= 0), so the program keeps
-    working for every request instead of baking in the example's value."""
+    torch.compile (or fake tensors with a shape environment) it stays symbolic (an unbacked
+    size, checked >= 0), so the program keeps working for every request instead of baking in
+    the example's value."""
     if torch.jit.is_scripting():
         return int(total.item())
     else:
         n = total.item()
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or isinstance(n, torch.SymInt):
             torch._check(n >= 0)
             return n
         return int(n)

@@ -16,15 +16,17 @@ from torchrec_din.train.builder import build_model
 from torchrec_din.train.checkpoint import load_checkpoint
 
 
-def load_trained(checkpoint: str) -> Tuple[DINModel, Dict[str, Any]]:
+def load_trained(checkpoint: str, device: Optional[torch.device] = None
+                 ) -> Tuple[DINModel, Dict[str, Any]]:
     """The model in ``checkpoint`` (a run folder, whose ``best.pt`` is used, or a .pt file),
-    in eval mode, and the checkpoint's content (config, vocab, epoch)."""
+    in eval mode on ``device`` (default cpu), and the checkpoint's content (config, vocab,
+    epoch)."""
     path = os.path.join(checkpoint, "best.pt") if os.path.isdir(checkpoint) else checkpoint
     state = load_checkpoint(path)
     if "vocab" not in state or "config" not in state:
         raise ValueError(f"{path} lacks 'vocab' or 'config'; it was not written by "
                          "torchrec_din's training")
-    model = build_model(state["vocab"], state["config"])
+    model = build_model(state["vocab"], state["config"], device or torch.device("cpu"))
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
@@ -74,19 +76,21 @@ def scorer_spec(scorer: DINScorer, pooled_multi_hot: Optional[List[str]] = None
             "max_history": scorer.max_history, "torch": torch.__version__}
 
 
-def example_request(scorer: DINScorer) -> Tuple[Any, ...]:
+def example_request(scorer: DINScorer, device: Optional[torch.device] = None
+                    ) -> Tuple[Any, ...]:
     """A small request of 3 users (histories of 3, 0 and 5 behaviours in every group; 2, 1
-    and 4 candidates), ids 0: the example inputs the scorer is exported on."""
+    and 4 candidates), ids 0, on ``device``: the example inputs the scorer is exported on."""
     from torchrec_din.serve.scorer import pooled_kjt
 
-    lengths = torch.tensor([3, 0, 5])
-    counts = torch.tensor([2, 1, 4])
-    hist = [torch.zeros(8, len(f), dtype=torch.long) for f in scorer.history_features]
+    kw: Dict[str, Any] = {"dtype": torch.long, "device": device}
+    lengths = torch.tensor([3, 0, 5], **kw)
+    counts = torch.tensor([2, 1, 4], **kw)
+    hist = [torch.zeros(8, len(f), **kw) for f in scorer.history_features]
     pooled = pooled_kjt(scorer.pooled_features,
-                        torch.zeros(3, len(scorer.pooled_features), dtype=torch.long))
+                        torch.zeros(3, len(scorer.pooled_features), **kw))
     return (hist, [lengths.clone() for _ in hist],
-            torch.zeros(7, len(scorer.features), dtype=torch.long), counts, pooled,
-            torch.zeros(3, scorer.dense_in_features))
+            torch.zeros(7, len(scorer.features), **kw), counts, pooled,
+            torch.zeros(3, scorer.dense_in_features, device=device))
 
 
 def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
@@ -105,8 +109,10 @@ def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
 
     scorer = DINScorer(model, max_history).eval()
     spec = scorer_spec(scorer, pooled_multi_hot)
+    device = next(model.parameters()).device  # the package runs where it was compiled
+    spec["device"] = str(device)
     with torch.no_grad():
-        program = export_model(scorer, example_request(scorer))
+        program = export_model(scorer, example_request(scorer, device))
     def package(tmp: str) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=tmp)
         with zipfile.ZipFile(tmp, "a") as z:

@@ -198,3 +198,13 @@ def to_tensors(requests: List[Dict[str, Any]],
         torch.tensor([r["dense"] for r in requests],
                      dtype=torch.float32).reshape(len(requests), -1),
     )
+
+
+def to_device(inputs: Tuple[Any, ...], device: torch.device) -> Tuple[Any, ...]:
+    """:func:`to_tensors`' output moved to ``device`` (tensors, lists of them, KJTs)."""
+    def move(x: Any) -> Any:
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        return x.to(device, non_blocking=True)
+
+    return tuple(move(x) for x in inputs)

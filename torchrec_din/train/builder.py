@@ -91,6 +91,7 @@ def build_model(vocab: Dict[str, int], config: Dict[str, Any],
         over_arch_activation=model_cfg["over_arch_activation"],
         dropout=model_cfg["dropout"],
         validate_inputs=model_cfg["validate_inputs"],
+        device=device,
     )
     if model_cfg["name"] == "din":
         return DIN(

@@ -92,6 +92,9 @@ DEFAULTS: Dict[str, Any] = {
         # glibc malloc keeps freed memory for the next step instead of unmapping it (see
         # torchrec_din.allocator): faster steps at large batches, the process keeps its peak.
         "keep_freed_memory": True,
+        # One process: where the model and batches live. auto: cuda when a GPU is there.
+        # (torchrun: each rank takes its LOCAL_RANK GPU with nccl, or the CPU with gloo.)
+        "device": "auto",             # auto | cpu | cuda | cuda:N
     },
 }
 
@@ -103,6 +106,26 @@ NULLABLE: Dict[str, type] = {
 }
 # Keys that take one of a few values of mixed types.
 CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False)}
+
+
+def resolve_device(name: str) -> "Any":
+    """``train.device`` / ``--device`` as a torch.device: auto is cuda when one is
+    available, else cpu; asking for cuda without one is an error that says so."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is available to this process (torch "
+                         f"{torch.__version__}, CUDA build: {torch.backends.cuda.is_built()}); "
+                         "use auto or cpu")
+    return device
 # Lower bounds checked at load (inclusive), before any data is built.
 MINIMUM: Dict[str, float] = {
     "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,

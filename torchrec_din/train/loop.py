@@ -14,6 +14,7 @@ from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.samples import SampleTable
 from torchrec_din.models import DINModel, DINTrain
 from torchrec_din.train.builder import build_model
+from torchrec_din.train.config import resolve_device
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
 from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers of train.loop)
     Backend,
@@ -93,10 +94,12 @@ def predict(model: DINModel, loader: DataLoader, progress: bool = False,
     logits: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     start = time.perf_counter()
+    device = next(model.parameters()).device
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        logits.append(model(batch.sequence_features, batch.pooled_features,
-                            batch.dense_features))
         labels.append(batch.labels)
+        batch = batch.to(device, non_blocking=True)
+        logits.append(model(batch.sequence_features, batch.pooled_features,
+                            batch.dense_features).cpu())
     elapsed = time.perf_counter() - start
     out = torch.cat(logits).numpy() if logits else np.zeros(0)
     lab = torch.cat(labels).numpy() if labels else np.zeros(0)
@@ -129,7 +132,8 @@ class LocalBackend(Backend):
         train_cfg, data_cfg = config["train"], config["data"]
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last.pt")
-        self.model = build_model(table.vocab, config)  # table: SampleTable or ParquetSource
+        self.device = resolve_device(train_cfg["device"])
+        self.model = build_model(table.vocab, config, self.device)  # SampleTable or Parquet
         self.train_model = DINTrain(self.model, grouped_training(data_cfg))
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.regularizer = make_regularizer(self.model, table, datasets["train"], train_cfg)
@@ -147,6 +151,7 @@ class LocalBackend(Backend):
     def train_batches(self, loader: DataLoader) -> Iterator[Tuple[torch.Tensor, int]]:
         self.model.train()
         for batch in loader:
+            batch = batch.to(self.device, non_blocking=True)
             loss, _ = self.train_model(batch)
             if self.regularizer is not None:
                 loss = loss + self.regularizer([batch.sequence_features, batch.pooled_features])
