@@ -321,15 +321,17 @@ def test_aoti_package_serves_the_eager_scores(tmp_path, capsys) -> None:
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(_two_group_lines()) + "\n")
     out = {}
-    for source in (["--model", str(package)], ["--checkpoint", str(run)]):
+    for source, users in ((["--model", str(package)], "3"), (["--model", str(package)], "1"),
+                          (["--checkpoint", str(run)], "3")):
         path = tmp_path / f"scores{len(out)}.jsonl"
         assert main(["score", *source, "--input", str(requests), "--output", str(path),
-                     "--batch-users", "3"]) == 0
-        out[source[0]] = torch.tensor(sum((json.loads(x)["scores"]
-                                           for x in path.read_text().splitlines()), []))
+                     "--batch-users", users]) == 0  # calls of 3 + 1 users, and of 1 user
+        out[source[0] + users] = torch.tensor(sum((json.loads(x)["scores"]
+                                                   for x in path.read_text().splitlines()), []))
     expected = torch.sigmoid(_two_group_rows(model, max_history=2))
-    torch.testing.assert_close(out["--checkpoint"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out["--model"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["--checkpoint3"], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["--model3"], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["--model1"], expected, rtol=1e-5, atol=1e-5)
 
     # The package's request checks are the model's: a list for a single-hot feature.
     bad = tmp_path / "bad.jsonl"

@@ -114,7 +114,12 @@ def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
     with torch.no_grad():
         program = export_model(scorer, example_request(scorer, device))
     def package(tmp: str) -> None:
-        torch._inductor.aoti_compile_and_package(program, package_path=tmp)
+        import torch.fx.experimental._config as fx_config
+
+        # As in export: a request of one user or one candidate is not special-cased (without
+        # this the compiled code asserts some of those sizes >= 2).
+        with fx_config.patch(backed_size_oblivious=True):
+            torch._inductor.aoti_compile_and_package(program, package_path=tmp)
         with zipfile.ZipFile(tmp, "a") as z:
             z.writestr(SPEC_FILE, json.dumps(spec))
 
