@@ -337,3 +337,29 @@ class DINTrain(nn.Module):
             check_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())
+
+
+def compile_dense(model: DINModel, dynamic: bool = True) -> None:
+    """``torch.compile`` the dense part of ``model`` in place: the interaction (forward and
+    grouped forward) and the over arch. TorchRec's collections stay eager (their lookups are
+    FBGEMM kernels already, and sharded ones are not compilable modules); the compiled part
+    is where Dice's elementwise passes and the gathers around the GEMMs can be fused.
+    ``dynamic=True``: batch and history sizes are symbolic, so ragged batches reuse one
+    graph instead of recompiling. State-dict keys are unchanged (``nn.Module.compile``), so
+    checkpoints move freely between compiled and eager models.
+
+    Args:
+        model (DINModel): DIN or BaseModel (or any model with ``interaction`` and
+            ``over_arch`` modules).
+        dynamic (bool): compile with dynamic shapes.
+
+    Example::
+
+        compile_dense(model)
+        loss, _ = DINTrain(model)(batch)  # first call compiles
+    """
+    model.interaction.compile(dynamic=dynamic)
+    grouped = model.interaction.forward_grouped
+    # An instance attribute: forward_grouped is not the module's __call__.
+    model.interaction.forward_grouped = torch.compile(grouped, dynamic=dynamic)  # type: ignore
+    model.over_arch.compile(dynamic=dynamic)

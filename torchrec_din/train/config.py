@@ -95,6 +95,9 @@ DEFAULTS: Dict[str, Any] = {
         # One process: where the model and batches live. auto: cuda when a GPU is there.
         # (torchrun: each rank takes its LOCAL_RANK GPU with nccl, or the CPU with gloo.)
         "device": "auto",             # auto | cpu | cuda | cuda:N
+        # torch.compile the dense part (interaction + over arch, dynamic shapes; the
+        # collections stay eager). One process only for now.
+        "compile": False,
     },
 }
 

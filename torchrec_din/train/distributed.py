@@ -127,6 +127,11 @@ class ShardedBackend(Backend):
         train_cfg, data_cfg = config["train"], config["data"]
         if train_cfg["regularization"] == "mba":
             raise ValueError(MBA_SHARDED)
+        if train_cfg["compile"]:
+            raise ValueError("train.compile is available in one process only for now: under "
+                             "torchrun the pipeline traces the model with its sharded "
+                             "collections as leaves, and compiling inside it (TrainPipelinePT2) "
+                             "is not tested here; set train.compile=false")
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last_dcp")
         model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.samples import SampleTable
-from torchrec_din.models import DINModel, DINTrain
+from torchrec_din.models import compile_dense, DINModel, DINTrain
 from torchrec_din.train.builder import build_model
 from torchrec_din.train.config import resolve_device
 from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
@@ -134,6 +134,9 @@ class LocalBackend(Backend):
         self.progress_path = os.path.join(output_dir, "last.pt")
         self.device = resolve_device(train_cfg["device"])
         self.model = build_model(table.vocab, config, self.device)  # SampleTable or Parquet
+        self.compiled = bool(train_cfg["compile"])
+        if self.compiled:
+            compile_dense(self.model)
         self.train_model = DINTrain(self.model, grouped_training(data_cfg))
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
         self.regularizer = make_regularizer(self.model, table, datasets["train"], train_cfg)
@@ -150,7 +153,9 @@ class LocalBackend(Backend):
 
     def train_batches(self, loader: DataLoader) -> Iterator[Tuple[torch.Tensor, int]]:
         self.model.train()
+        first = self.compiled and not getattr(self, "_compile_reported", False)
         for batch in loader:
+            start = time.perf_counter()
             batch = batch.to(self.device, non_blocking=True)
             loss, _ = self.train_model(batch)
             if self.regularizer is not None:
@@ -158,7 +163,16 @@ class LocalBackend(Backend):
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
+            if first:  # the first step compiles the forward and backward graphs
+                first, self._compile_reported = False, True
+                print(f"[compile] first step {time.perf_counter() - start:.1f} s "
+                      f"(torch.compile of the dense part, dynamic shapes)")
             yield loss.detach(), int(batch.labels.numel())
+        if self.compiled:
+            from torch._dynamo.utils import counters
+
+            print(f"[compile] graphs compiled so far: {counters['stats']['unique_graphs']} "
+                  f"(more than the first epoch's means ragged batches recompiled)")
 
     def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
