@@ -149,3 +149,30 @@ def test_history_from_an_embedding_bag_collection_is_refused_with_the_fix() -> N
     with pytest.raises(ValueError, match="is a Tensor, not a JaggedTensor: it comes from an "
                                          "EmbeddingBagCollection"):
         din(emb)
+
+
+def test_candidates_shared_by_groups_appear_once() -> None:
+    from torchrec.modules.embedding_configs import EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from torchrec_din import AttentionGroup, DINInteraction, SumPoolingInteraction
+
+    ec = EmbeddingCollection(tables=[
+        EmbeddingConfig(name="item", embedding_dim=8, num_embeddings=20,
+                        feature_names=["item", "click_item", "buy_item"]),
+        EmbeddingConfig(name="cate", embedding_dim=8, num_embeddings=5,
+                        feature_names=["cate", "click_cate"])])
+    groups = [AttentionGroup("clicks", ["item", "cate"], ["click_item", "click_cate"]),
+              AttentionGroup("buys", ["item"], ["buy_item"])]
+    kjt = KeyedJaggedTensor(keys=["item", "cate", "click_item", "click_cate", "buy_item"],
+                            values=torch.tensor([1, 2, 3, 4, 5, 6, 1, 2, 9]),
+                            lengths=torch.tensor([1, 1, 1, 1, 2, 0, 2, 0, 0, 1]))
+    emb = ec(kjt)
+    for cls in (DINInteraction, SumPoolingInteraction):
+        module = cls.from_collections(groups, [ec])
+        cand = module.candidates(emb)
+        assert cand.shape == (2, 16) and module.candidate_dim == 16  # item + cate, once
+        torch.testing.assert_close(cand, torch.cat([emb["item"].values(),
+                                                    emb["cate"].values()], 1))
+        assert module(emb).shape == (2, module.output_dim) and module.output_dim == 24

@@ -121,7 +121,8 @@ class DINModel(nn.Module):
                 for f in config.feature_names:
                     self.pooled_rows[f] = config.num_embeddings
                     self.feature_tables[f] = config.name
-        in_features = 2 * interaction.output_dim + pooled_dim + dense_in_features
+        in_features = (interaction.candidate_dim + interaction.output_dim + pooled_dim
+                       + dense_in_features)
         self.over_arch = ActivationMLP(
             in_features, over_arch_layer_sizes, over_arch_activation, dropout, device
         )

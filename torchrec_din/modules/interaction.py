@@ -155,6 +155,16 @@ class _GroupedInteraction(nn.Module):
             sum(dims[f] for f in g.candidate_features) for g in groups
         ]
         self.output_dim: int = sum(self.group_dims)
+        # Candidate features in group order, each once (groups may share the candidate, e.g.
+        # clicks and purchases against the same item), with the first group that has it.
+        self.unique_candidates: List[str] = []
+        self.unique_candidate_group: List[int] = []
+        for i, g in enumerate(groups):
+            for f in g.candidate_features:
+                if f not in self.unique_candidates:
+                    self.unique_candidates.append(f)
+                    self.unique_candidate_group.append(i)
+        self.candidate_dim: int = sum(dims[f] for f in self.unique_candidates)
 
 
     @classmethod
@@ -211,13 +221,25 @@ class _GroupedInteraction(nn.Module):
         k = self._feature(embeddings, self.candidate_features[0][0], 0).values().size(0)
         return lengths_to_segment_ids(num, k)
 
+    def _unique_candidates(self, embeddings: Dict[str, JaggedTensor], grouped: bool) -> Tensor:
+        parts: List[Tensor] = []
+        first_name = self.unique_candidates[0]
+        first = self._feature(embeddings, first_name, 0)
+        for name, group in zip(self.unique_candidates, self.unique_candidate_group):
+            jt = self._feature(embeddings, name, group)
+            if grouped:
+                check_equal_lengths(first_name, name, first.lengths(), jt.lengths(),
+                                    self.validate_inputs)
+            elif self.validate_inputs:
+                check_candidate_lengths(jt.lengths(), name, self.feature_tables[name])
+            parts.append(jt.values())
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
     @torch.jit.export
     def candidates_grouped(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
-        """Candidate embeddings of all groups in the grouped form: [K, output_dim]."""
-        parts: List[Tensor] = []
-        for i in range(len(self.group_names)):
-            parts.append(self.group_candidates(embeddings, i, True))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        """Candidate embeddings in the grouped form, each candidate feature once:
+        [K, candidate_dim]."""
+        return self._unique_candidates(embeddings, True)
 
     def group_history(
         self, embeddings: Dict[str, JaggedTensor], group: int
@@ -237,11 +259,9 @@ class _GroupedInteraction(nn.Module):
 
     @torch.jit.export
     def candidates(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
-        """Candidate embeddings of all groups, concatenated: [B, output_dim]."""
-        parts: List[Tensor] = []
-        for i in range(len(self.group_names)):
-            parts.append(self.group_candidates(embeddings, i))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        """Candidate embeddings, each candidate feature once (a feature shared by several
+        groups is not repeated): [B, candidate_dim]."""
+        return self._unique_candidates(embeddings, False)
 
 
 class DINInteraction(_GroupedInteraction):

@@ -1,0 +1,192 @@
+"""The PT2 path measured side by side in one run: serving formats, compiled training step,
+compiled attention.
+
+1. Serving (``--part serving``): the MovieLens DIN's grouped scorer as the eager module, as
+   TorchScript (``export --format torchscript``) and as the AOTInductor package (``export``,
+   the default), on one user with K candidates against a history of H behaviours, and the
+   same pairs sent as one row per candidate (each row repeats the history: what a client
+   without the grouped form sends) through the same package. Candidates per second and the
+   shared path's executed GFLOP/s as a share of a plain matrix product of the pairs' shape
+   ([pairs, 2D] x [2D, 80], timed in the same run).
+2. Training step (``--part step``): DIN on MovieLens-100k batches (the shipped config),
+   forward + backward + Adam, eager vs ``train.compile`` (``compile_dense``: interaction and
+   over arch under torch.compile, dynamic shapes), at B = 256 and 2,048.
+3. Attention (``--part attention``): ``JaggedTargetAttention`` forward + backward at B = 1,024,
+   D = 128, MovieLens-like history lengths, eager vs torch.compile(dynamic=True), as a share of
+   the GEMM of benchmarks/attention.py.
+
+Medians of ``--repeats`` timed calls after warm-up (compilation excluded, its time printed).
+
+    .venv/bin/python benchmarks/pt2.py                      # all three
+    .venv/bin/python benchmarks/pt2.py --part serving --histories 100 1000
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from attention import add_malloc_flag, apply_malloc  # noqa: E402
+
+
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def serving(args: argparse.Namespace) -> None:
+    from serving import executed_flops, per_row, requests, scorer_inputs, VOCAB
+
+    from torchrec_din.serve import DINScorer
+    from torchrec_din.serve.export import export_aoti_scorer, load_aoti_scorer, script_scorer
+    from torchrec_din.train.builder import build_model
+    from torchrec_din.train.config import load_config
+
+    torch.manual_seed(0)
+    config = load_config("configs/movielens_din.yaml")
+    model = build_model(VOCAB, config).eval()
+    eager = DINScorer(model).eval()
+    scripted = script_scorer(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        path = os.path.join(tmp, "scorer.pt2")
+        export_aoti_scorer(model, path)
+        compile_s = time.perf_counter() - start
+        aoti, _ = load_aoti_scorer(path)
+        m = config["model"]
+        d = 2 * m["embedding_dim"]
+        print(f"\n## Serving: one user, K candidates, history H ({torch.get_num_threads()} "
+              f"threads; AOTI package compiled in {compile_s:.0f} s)\n")
+        print("| K | H | eager cand/s | TorchScript cand/s | AOTI cand/s | AOTI / eager | "
+              "AOTI % of matmul | one row per candidate, AOTI cand/s | grouped / per row |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        with torch.no_grad():
+            for history in args.histories:
+                for k in (100, 1000):
+                    raw = requests(1, k, history, seed=k + history)
+                    inputs = scorer_inputs(raw)
+                    rows = scorer_inputs(per_row(raw))
+                    ref = eager(*inputs)
+                    for runner in (scripted, aoti):
+                        torch.testing.assert_close(runner(*inputs), ref, rtol=1e-4, atol=1e-4)
+                    torch.testing.assert_close(aoti(*rows), ref, rtol=1e-4, atol=1e-4)
+                    t = {name: median_time(lambda r=r: r(*inputs), args.repeats)
+                         for name, r in (("eager", eager), ("script", scripted),
+                                         ("aoti", aoti))}
+                    t_rows = median_time(lambda: aoti(*rows), args.repeats)
+                    pairs = int((raw[1][0] * raw[3]).sum())
+                    a, w = torch.randn(pairs, d), torch.randn(d, m["attention_hidden_units"][0])
+                    matmul = 2 * pairs * d * w.size(1) / median_time(lambda: a @ w,
+                                                                       args.repeats) / 1e9
+                    gflops = executed_flops(config, raw) / t["aoti"] / 1e9
+                    print(f"| {k:,} | {history:,} | {k / t['eager']:,.0f} | "
+                          f"{k / t['script']:,.0f} | {k / t['aoti']:,.0f} | "
+                          f"{t['eager'] / t['aoti']:.2f}x | {gflops / matmul:.0%} "
+                          f"({gflops:.1f} / {matmul:.1f} GFLOP/s) | {k / t_rows:,.0f} | "
+                          f"{t_rows / t['aoti']:.2f}x |")
+
+
+def step(args: argparse.Namespace) -> None:
+    import copy
+
+    from torchrec_din.data.loader import DINDataset
+    from torchrec_din.data.schema import FeatureSchema
+    from torchrec_din.models import compile_dense, DINTrain
+    from torchrec_din.train.builder import build_model, build_table
+    from torchrec_din.train.config import load_config
+
+    config = load_config("configs/movielens_din.yaml", ["data.protocol=rating"])
+    table = build_table(config["data"], 0)
+    ds = DINDataset(table, "train", FeatureSchema.from_config(config["features"]))
+    print(f"\n## Training step: MovieLens-100k DIN (Dice), forward + backward + Adam, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| batch | eager ms | compiled ms | compiled / eager speed-up | first compiled "
+          "step (compiles) |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for b in (256, 2048):
+        batches = [ds[rng.choice(len(ds), b, replace=False)] for _ in range(args.repeats + 3)]
+        torch.manual_seed(0)
+        eager = build_model(table.vocab, config)
+        compiled = copy.deepcopy(eager)
+        compile_dense(compiled)
+        out: Dict[str, float] = {}
+        for name, model in (("eager", eager), ("compiled", compiled)):
+            train = DINTrain(model)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            it = iter(batches)
+
+            def one() -> None:
+                loss, _ = train(next(it))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            start = time.perf_counter()
+            one()
+            out[name + "_first"] = time.perf_counter() - start
+            out[name] = median_time(one, args.repeats, warmup=1)
+        print(f"| {b:,} | {out['eager'] * 1e3:.1f} | {out['compiled'] * 1e3:.1f} | "
+              f"{out['eager'] / out['compiled']:.2f}x | {out['compiled_first']:.0f} s |")
+
+
+def attention(args: argparse.Namespace) -> None:
+    from attention import B, D, executed_flops, make_inputs, matmul_gflops, movielens_lengths
+    from torchrec.sparse.jagged_tensor import JaggedTensor
+
+    from torchrec_din import JaggedTargetAttention
+
+    rng = np.random.default_rng(0)
+    lengths = rng.choice(movielens_lengths(), B)
+    torch.manual_seed(0)
+    attn = JaggedTargetAttention(D, activation="dice", validate_inputs=False)
+    query, values, lens = make_inputs(lengths, "jagged", 0)
+    compiled = torch.compile(attn, dynamic=True)
+    n = int(lens.sum())
+    print(f"\n## Attention forward + backward: B = {B:,}, D = {D}, N = {n:,} MovieLens-like "
+          f"behaviours, Dice, {torch.get_num_threads()} threads\n")
+    print("| | ms | GFLOP/s | % of the GEMM |")
+    print("|---|---|---|---|")
+    gemm = matmul_gflops(n, args.repeats)
+    for name, module in (("eager", attn), ("torch.compile", compiled)):
+        def run(m=module) -> None:
+            m(query, JaggedTensor(values=values, lengths=lens)).sum().backward()
+
+        seconds = median_time(run, args.repeats)
+        gflops = executed_flops(n, B) / seconds / 1e9
+        print(f"| {name} | {seconds * 1e3:.1f} | {gflops:.1f} | {gflops / gemm:.0%} |")
+    print(f"| GEMM [N, 2D] x [2D, 80] fwd + bwd | | {gemm:.1f} | 100% |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", nargs="+", choices=["serving", "step", "attention"],
+                        default=["serving", "step", "attention"])
+    parser.add_argument("--histories", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--repeats", type=int, default=7)
+    add_malloc_flag(parser)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {apply_malloc(args)}, medians of {args.repeats}")
+    parts: Dict[str, Callable[[argparse.Namespace], None]] = {
+        "serving": serving, "step": step, "attention": attention}
+    for part in args.part:
+        parts[part](args)
+
+
+if __name__ == "__main__":
+    main()
