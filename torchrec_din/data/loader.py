@@ -74,6 +74,12 @@ class DINDataset(Dataset):
         """The user of each row of this split, in order (the GAUC groups)."""
         return self.table.user_row[self.rows]
 
+    def true_probabilities(self) -> Optional[np.ndarray]:
+        """The true click probability of each row where the data's truth is known (planted
+        synthetic data), else None."""
+        p = self.table.true_prob
+        return None if p is None else p[self.rows]
+
     def __getitem__(self, positions: Sequence[int]) -> DINBatch:
         t = self.table
         positions = np.asarray(positions, dtype=np.int64)

@@ -506,6 +506,10 @@ class ParquetDataset(IterableDataset):
         """The whole split's GAUC groups (``features.group_by``) in file order."""
         return self.split.column(self.schema.group_by)
 
+    def true_probabilities(self) -> Optional[np.ndarray]:
+        """Logs carry no known truth: None."""
+        return None
+
 
 class ParquetSource:
     """The Parquet data of a config: ``data.parquet.{train,valid,test}`` file globs, table

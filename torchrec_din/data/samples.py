@@ -38,6 +38,9 @@ class SampleTable:
         user_features: name -> [U] id of each pooled user feature.
         vocab: feature/table name -> number of rows its table needs (ids are < vocab).
         meta: description and counts (protocol, truncations, sizes...).
+        true_prob: [M] the true click probability of each sample where the data's truth is
+            known (planted synthetic data), else None: its AUC is the best any model can
+            reach.
     """
 
     seq_item: np.ndarray
@@ -53,6 +56,7 @@ class SampleTable:
     user_features: Dict[str, np.ndarray]
     vocab: Dict[str, int]
     meta: Dict[str, Any] = field(default_factory=dict)
+    true_prob: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])

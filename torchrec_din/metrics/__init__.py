@@ -6,4 +6,5 @@ from torchrec_din.metrics.ranking import (  # noqa: F401
     gauc,
     gauc_standard_error,
     logloss,
+    oracle_comparison,
 )

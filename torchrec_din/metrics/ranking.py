@@ -6,7 +6,7 @@ paper weights each user's AUC by that user's impressions. Our version is vectori
 sort for all users) with exact tie handling (mid-ranks).
 """
 
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -100,3 +100,16 @@ def evaluate_predictions(logits, labels, groups) -> Dict[str, float]:  # noqa: A
         "logloss": logloss(probs, labels),
         "samples": int(logits_t.numel()),
     }
+
+
+def oracle_comparison(model: Dict[str, float], true_prob: Any, labels: Any,
+                      groups: Any) -> Dict[str, Any]:
+    """Where the data's truth is known: the best possible AUC and GAUC of the split (scoring
+    every sample by its true click probability) and the share of the possible lift over 0.5
+    that ``model`` (evaluate_predictions' output) reaches, per metric."""
+    p = torch.as_tensor(true_prob, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    best = evaluate_predictions(torch.logit(p), labels, groups)
+    share = {k: (model[k] - 0.5) / (best[k] - 0.5) if best[k] > 0.5 else float("nan")
+             for k in ("auc", "gauc")}
+    return {"best_possible": {k: best[k] for k in ("auc", "gauc", "logloss")},
+            "lift_share": share}

@@ -24,7 +24,7 @@ from torchrec_din.allocator import keep_freed_memory
 from torchrec_din.data.loader import _identity, DINDataset, make_loader
 from torchrec_din.data.samples import SampleTable
 from torchrec_din.data.schema import FeatureSchema
-from torchrec_din.metrics import evaluate_predictions
+from torchrec_din.metrics import evaluate_predictions, oracle_comparison
 from torchrec_din.train.builder import build_table
 from torchrec_din.train.checkpoint import atomic_write_json, atomic_write_text, check_resumable
 from torchrec_din.train.rundir import drop_replaced, restore_run_files, set_aside_run_files
@@ -289,6 +289,9 @@ def evaluate_split(backend: Backend, dataset: DINDataset, batch_size: int, progr
         return None
     out = evaluate_predictions(torch.as_tensor(logits), dataset.labels(), dataset.user_ids())
     out["samples_per_sec"] = len(dataset) / max(elapsed, 1e-9)
+    truth = dataset.true_probabilities()
+    if truth is not None:  # planted data: how far from the best any model can do
+        out.update(oracle_comparison(out, truth, dataset.labels(), dataset.user_ids()))
     return out
 
 
@@ -544,7 +547,12 @@ def _finish_results(results: Dict[str, Any], test: Dict[str, Any], table: Any,
     results["baselines"] = {"popularity": evaluate_predictions(
         torch.as_tensor(pop), test_ds.labels(), test_ds.user_ids())}
     atomic_write_json(results, metrics_path)
+    oracle = ""
+    if "best_possible" in test:
+        best, share = test["best_possible"], test["lift_share"]
+        oracle = (f"; best possible auc {best['auc']:.4f} gauc {best['gauc']:.4f}: "
+                  f"{share['auc']:.0%} / {share['gauc']:.0%} of the possible lift")
     print(f"[test] best epoch {results['best_epoch']}: auc {test['auc']:.4f} "
           f"gauc {test['gauc']:.4f} (se {test['gauc_se']:.4f}) logloss {test['logloss']:.4f} "
           f"on {test['samples']} samples{note}; popularity gauc "
-          f"{results['baselines']['popularity']['gauc']:.4f}")
+          f"{results['baselines']['popularity']['gauc']:.4f}{oracle}")
