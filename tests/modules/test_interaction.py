@@ -176,3 +176,60 @@ def test_candidates_shared_by_groups_appear_once() -> None:
         torch.testing.assert_close(cand, torch.cat([emb["item"].values(),
                                                     emb["cate"].values()], 1))
         assert module(emb).shape == (2, module.output_dim) and module.output_dim == 24
+
+
+def test_merge_embeddings_survives_tracing_with_collections_as_leaves() -> None:
+    """TrainPipelineSparseDist traces with the (sharded) collections as leaves: a dict
+    unpacking of their outputs fails there, merge_embeddings does not."""
+    import torch.fx
+    from torchrec.modules.embedding_configs import EmbeddingConfig
+    from torchrec.modules.embedding_modules import EmbeddingCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from torchrec_din import AttentionGroup, DINInteraction
+    from torchrec_din.modules import merge_embeddings
+
+    class Ranker(torch.nn.Module):
+        def __init__(self, merged: bool) -> None:
+            super().__init__()
+            self.merged = merged
+            self.items = EmbeddingCollection(tables=[EmbeddingConfig(
+                name="item", embedding_dim=32, num_embeddings=20,
+                feature_names=["item", "hist_item"])])
+            self.cates = EmbeddingCollection(tables=[EmbeddingConfig(
+                name="cate", embedding_dim=8, num_embeddings=5,
+                feature_names=["cate", "hist_cate"])])
+            self.din = DINInteraction.from_collections(
+                [AttentionGroup("g", ["item", "cate"], ["hist_item", "hist_cate"])],
+                [self.items, self.cates], validate_inputs=False)
+
+        def forward(self, a: KeyedJaggedTensor, b: KeyedJaggedTensor) -> torch.Tensor:
+            if self.merged:
+                emb = self.din.merge([self.items(a), self.cates(b)])
+            else:
+                emb = {**self.items(a), **self.cates(b)}
+            return self.din(emb)
+
+    class LeafTracer(torch.fx.Tracer):  # the pipeline's view: collections are leaves
+        def is_leaf_module(self, m: torch.nn.Module, name: str) -> bool:
+            return isinstance(m, EmbeddingCollection) or super().is_leaf_module(m, name)
+
+    with pytest.raises(Exception, match="cannot be iterated"):
+        LeafTracer().trace(Ranker(merged=False))
+    torch.manual_seed(0)
+    model = Ranker(merged=True)
+    graph = torch.fx.GraphModule(model, LeafTracer().trace(model))
+    a = KeyedJaggedTensor(keys=["item", "hist_item"], values=torch.tensor([1, 2, 3, 4]),
+                          lengths=torch.tensor([1, 1, 2, 0]))
+    b = KeyedJaggedTensor(keys=["cate", "hist_cate"], values=torch.tensor([1, 2, 3, 4]),
+                          lengths=torch.tensor([1, 1, 2, 0]))
+    torch.testing.assert_close(graph(a, b), model(a, b))
+    assert graph(a, b).shape == (2, 40)
+    assert model.din.collection_features == [["item", "hist_item"], ["cate", "hist_cate"]]
+    merged = merge_embeddings([model.items(a), model.cates(b)], [["hist_item"], ["cate"]])
+    assert list(merged) == ["hist_item", "cate"]
+    with pytest.raises(ValueError, match=r"feature\(s\) \['cate', 'hist_cate'\] are in no "
+                                         r"collection passed; the 1 collection\(s\) hold "
+                                         r"\[\['hist_item', 'item'\]\]"):
+        DINInteraction.from_collections(
+            [AttentionGroup("g", ["item", "cate"], ["hist_item", "hist_cate"])], [model.items])

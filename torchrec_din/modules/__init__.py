@@ -10,6 +10,7 @@ from torchrec_din.modules.interaction import (  # noqa: F401
     AttentionGroup,
     DINInteraction,
     feature_specs,
+    merge_embeddings,
     SumPoolingInteraction,
 )
 from torchrec_din.modules.mlp import ActivationMLP  # noqa: F401

@@ -53,6 +53,40 @@ class AttentionGroup:
             )
 
 
+def merge_embeddings(outputs: List[Dict[str, JaggedTensor]],
+                     features: List[List[str]]) -> Dict[str, JaggedTensor]:
+    """The outputs of several EmbeddingCollections (e.g. one per embedding dim) as one dict,
+    for a :class:`DINInteraction` whose groups span them: ``features[i]`` are the features
+    taken from ``outputs[i]`` (``DINInteraction.merge`` knows them when it was built with
+    ``from_collections``).
+
+    Use this rather than ``{**ec_a(kjt_a), **ec_b(kjt_b)}``: TrainPipelineSparseDist traces
+    the model with the sharded collections as leaves, so their outputs are fx proxies, which
+    ``**`` cannot unpack ("Proxy object cannot be iterated"); indexing them by a known key
+    traces.
+
+    Args:
+        outputs (List[Dict[str, JaggedTensor]]): the collections' outputs, in order.
+        features (List[List[str]]): the feature names to take from each.
+
+    Returns:
+        Dict[str, JaggedTensor]: feature -> its JaggedTensor.
+
+    Example::
+
+        embeddings = merge_embeddings([ec_items(kjt_a), ec_cates(kjt_b)],
+                                      [["item", "hist_item"], ["cate", "hist_cate"]])
+    """
+    if len(outputs) != len(features):
+        raise ValueError("merge_embeddings: " + str(len(outputs)) + " outputs but features "
+                         "for " + str(len(features)) + " collections")
+    merged: Dict[str, JaggedTensor] = {}
+    for i in range(len(features)):
+        for key in features[i]:
+            merged[key] = outputs[i][key]
+    return merged
+
+
 def feature_specs(collections: Sequence[nn.Module]) -> Tuple[Dict[str, int], Dict[str, str]]:
     """Embedding dim and table name of every feature of TorchRec embedding collections.
 
@@ -165,6 +199,8 @@ class _GroupedInteraction(nn.Module):
                     self.unique_candidates.append(f)
                     self.unique_candidate_group.append(i)
         self.candidate_dim: int = sum(dims[f] for f in self.unique_candidates)
+        # Set by from_collections: the features each collection passed there holds.
+        self.collection_features: List[List[str]] = []
 
 
     @classmethod
@@ -175,7 +211,24 @@ class _GroupedInteraction(nn.Module):
         (``EmbeddingCollection`` and friends, sharded or not); ``kwargs`` go to the
         constructor (``hidden_units``, ``activation``, ``device``, ...)."""
         dims, tables = feature_specs(collections)
-        return cls(groups, dims, feature_tables=tables, **kwargs)
+        needed = [f for g in groups for f in g.candidate_features + g.history_features]
+        missing = sorted({f for f in needed if f not in dims})
+        if missing:
+            passed = [sorted(feature_specs([c])[0]) for c in collections]
+            raise ValueError(f"from_collections: feature(s) {missing} are in no collection "
+                             f"passed; the {len(collections)} collection(s) hold {passed}")
+        module = cls(groups, dims, feature_tables=tables, **kwargs)
+        module.collection_features = [
+            [f for f in feature_specs([c])[0] if f in needed] for c in collections]
+        return module
+
+    def merge(self, outputs: List[Dict[str, JaggedTensor]]) -> Dict[str, JaggedTensor]:
+        """The collections' outputs as the one dict this module reads: pass them in the
+        order of ``from_collections``' ``collections`` (see :func:`merge_embeddings`)."""
+        if len(self.collection_features) == 0:
+            raise ValueError("merge needs the module built with from_collections (it knows "
+                             "which features each collection holds)")
+        return merge_embeddings(outputs, self.collection_features)
 
     def _feature(self, embeddings: Dict[str, JaggedTensor], name: str, group: int) -> JaggedTensor:
         table = self.feature_tables[name]

@@ -60,7 +60,8 @@ class MiniBatchAwareL2(nn.Module):
             self.register_buffer(f"inv_freq_{name}", torch.as_tensor(inv, dtype=torch.float32))
 
     def forward(self, kjts: List[KeyedJaggedTensor]) -> Tensor:
-        total = torch.zeros(())
+        first = next(iter(self.weights.values()))
+        total = torch.zeros((), device=first.device)  # on the tables' device
         for name, weight in self.weights.items():
             ids = [kjt[f].values() for kjt in kjts if kjt is not None for f in self.features[name]
                    if f in kjt.keys()]
