@@ -23,15 +23,10 @@ import warnings
 import pytest
 
 from torchrec_din.cli import main
+from torchrec_din.testing.deprecations import deprecations_of_ours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OURS = (os.path.join(ROOT, "torchrec_din"), os.path.join(ROOT, "examples"))
-
-
-def _ours(caught):
-    return [f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}" for w in caught
-            if issubclass(w.category, (DeprecationWarning, FutureWarning))
-            and os.path.abspath(w.filename).startswith(OURS)]
+_ours = deprecations_of_ours
 
 
 def test_default_paths_raise_no_deprecation_warning_of_ours(tmp_path) -> None:
@@ -47,11 +42,10 @@ def test_default_paths_raise_no_deprecation_warning_of_ours(tmp_path) -> None:
         warnings.simplefilter("always")
         assert main(["train", "--config", "configs/synthetic_din.yaml", "--output-dir",
                      str(run), *[a for s in sets for a in ("--set", s)]]) == 0
-        assert main(["export", "--checkpoint", str(run), "--output",
-                     str(tmp_path / "scorer.pt2")]) == 0
-        for source in (["--model", str(tmp_path / "scorer.pt2")], ["--checkpoint", str(run)]):
-            assert main(["score", *source, "--input", str(requests), "--output",
-                         str(tmp_path / "scores.jsonl")]) == 0
+        # export and score --model (the AOTI package) are checked the same way in
+        # tests/serve/test_scorer.py::test_aoti_package_serves_the_eager_scores.
+        assert main(["score", "--checkpoint", str(run), "--input", str(requests), "--output",
+                     str(tmp_path / "scores.jsonl")]) == 0
         argv = sys.argv
         try:
             sys.argv = ["din_interaction.py"]
@@ -84,7 +78,7 @@ def test_the_check_sees_our_warnings() -> None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             script_scorer(model.eval())
-        assert any("torch.jit.script is deprecated" in m for m in _ours(caught)), \
+        assert any("`torch.jit.script` is deprecated" in m for m in _ours(caught)), \
             [str(w.message)[:80] for w in caught]
     else:
         pytest.skip("torch < 2.14 does not deprecate torch.jit.script")

@@ -316,18 +316,26 @@ def test_aoti_package_serves_the_eager_scores(tmp_path, capsys) -> None:
     atomic_save({"model": model.state_dict(), "config": config, "vocab": VOCAB, "epoch": 0,
                  "serving": {"pooled_multi_hot": []}}, str(run / "best.pt"))
     package = tmp_path / "scorer.pt2"
-    assert main(["export", "--checkpoint", str(run), "--output", str(package)]) == 0
-    assert "AOTInductor scorer package" in capsys.readouterr().out
     requests = tmp_path / "requests.jsonl"
     requests.write_text("\n".join(_two_group_lines()) + "\n")
     out = {}
-    for source, users in ((["--model", str(package)], "3"), (["--model", str(package)], "1"),
-                          (["--checkpoint", str(run)], "3")):
-        path = tmp_path / f"scores{len(out)}.jsonl"
-        assert main(["score", *source, "--input", str(requests), "--output", str(path),
-                     "--batch-users", users]) == 0  # calls of 3 + 1 users, and of 1 user
-        out[source[0] + users] = torch.tensor(sum((json.loads(x)["scores"]
-                                                   for x in path.read_text().splitlines()), []))
+    import warnings
+
+    from torchrec_din.testing.deprecations import deprecations_of_ours
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "--checkpoint", str(run), "--output", str(package)]) == 0
+        for source, users in ((["--model", str(package)], "3"),
+                              (["--model", str(package)], "1"),
+                              (["--checkpoint", str(run)], "3")):
+            path = tmp_path / f"scores{len(out)}.jsonl"
+            assert main(["score", *source, "--input", str(requests), "--output", str(path),
+                         "--batch-users", users]) == 0  # calls of 3 + 1 users, and of 1 user
+            out[source[0] + users] = torch.tensor(sum(
+                (json.loads(x)["scores"] for x in path.read_text().splitlines()), []))
+    assert deprecations_of_ours(caught) == []  # the default path prints none of ours
+    assert "AOTInductor scorer package" in capsys.readouterr().out
     expected = torch.sigmoid(_two_group_rows(model, max_history=2))
     torch.testing.assert_close(out["--checkpoint3"], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["--model3"], expected, rtol=1e-5, atol=1e-5)
