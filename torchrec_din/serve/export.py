@@ -56,8 +56,10 @@ def export_scorer(model: DINModel, path: str, max_history: int = 0,
     return scripted
 
 
-# Where the AOTInductor package keeps what `score` needs to read requests for it.
-SPEC_FILE = "torchrec_din/scorer_spec.json"
+# The AOTInductor metadata key under which the package keeps what `score` needs to read
+# requests for it (``aot_inductor.metadata``: kept in the compiled model, read back with
+# ``get_metadata()``).
+SPEC_KEY = "torchrec_din.scorer_spec"
 
 
 def scorer_spec(scorer: DINScorer, pooled_multi_hot: Optional[List[str]] = None
@@ -103,8 +105,6 @@ def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
     The package runs without Python's model code (``torch._inductor.aoti_load_package`` or
     C++ ``AOTIModelPackageLoader``); :func:`load_aoti_scorer` loads it with its spec.
     """
-    import zipfile
-
     from torchrec_din.export import export_model
 
     scorer = DINScorer(model, max_history).eval()
@@ -119,9 +119,9 @@ def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
         # As in export: a request of one user or one candidate is not special-cased (without
         # this the compiled code asserts some of those sizes >= 2).
         with fx_config.patch(backed_size_oblivious=True):
-            torch._inductor.aoti_compile_and_package(program, package_path=tmp)
-        with zipfile.ZipFile(tmp, "a") as z:
-            z.writestr(SPEC_FILE, json.dumps(spec))
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=tmp,
+                inductor_configs={"aot_inductor.metadata": {SPEC_KEY: json.dumps(spec)}})
 
     atomic_write_path(path, package)
     return spec
@@ -131,21 +131,27 @@ def load_aoti_scorer(path: str) -> Tuple[Any, Dict[str, Any]]:
     """(callable, spec) of a package written by :func:`export_aoti_scorer`; the callable
     takes the :class:`DINScorer` inputs. A missing, damaged or foreign file is a ValueError
     naming it."""
-    import zipfile
+    import logging
 
     if not os.path.isfile(path):
         raise ValueError(f"--model {path}: no such file")
-    try:
-        with zipfile.ZipFile(path) as z:
-            spec = json.loads(z.read(SPEC_FILE).decode("utf-8"))
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
-        raise ValueError(f"--model {path} is not a scorer package written by `python -m "
-                         f"torchrec_din export` ({type(e).__name__}: {e})") from None
     import fbgemm_gpu  # noqa: F401  (registers the FBGEMM ops a package may call)
 
+    # torch logs a warning and retries another reader before it gives up on a foreign file.
+    package_log = logging.getLogger("torch._inductor.package.package")
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)
     try:
         runner = torch._inductor.aoti_load_package(path)
+        spec = json.loads(runner.get_metadata()[SPEC_KEY])
+    except KeyError:
+        raise ValueError(f"--model {path} is not a scorer package written by `python -m "
+                         "torchrec_din export` (an AOTInductor package without its request "
+                         "spec)") from None
     except Exception as e:
-        raise ValueError(f"--model {path}: the AOTInductor package cannot be loaded "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ValueError(f"--model {path} is not a scorer package written by `python -m "
+                         f"torchrec_din export`, or it is damaged ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    finally:
+        package_log.setLevel(level)
     return runner, spec
