@@ -84,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_score.add_argument("--max-pairs", type=_positive_int, default=2_000_000,
                          help="bound on (candidate, behaviour) pairs per call: memory grows "
                               "with it; a single larger request is an error")
+    p_score.add_argument("--max-candidates", type=_positive_int, default=65_536,
+                         help="candidates per call: a request with more is scored in parts "
+                              "(memory grows with candidates too, whatever the history)")
     p_score.add_argument("--device", default="auto",
                          help="auto, cpu, cuda or cuda:N for --checkpoint (auto: cuda when "
                               "available); a --model package runs where it was compiled")
@@ -226,6 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
         history_length,
         read_requests,
         RequestError,
+        split_candidates,
         to_device,
         to_tensors,
     )
@@ -288,23 +292,26 @@ def _serve(args: argparse.Namespace) -> int:
                                       spec["rows"], spec["dense_in_features"],
                                       spec["pooled_multi_hot"]))
         cut = sum(history_length(r) - history_length(r, max_history) for r in requests)
-        chunks = list(batches_within(requests, args.batch_users, args.max_pairs, max_history))
+        chunks = list(batches_within(split_candidates(requests, args.max_candidates),
+                                     args.batch_users, args.max_pairs, max_history,
+                                     args.max_candidates))
     except (RequestError, OSError) as e:
         print(f"error: {args.input}: {e}", file=sys.stderr)
         return 1
     if cut:
         print(f"[score] kept the newest {max_history} behaviours per request (as in training): "
               f"{cut} older ones cut")
-    lines = []
+    scores: List[List[float]] = [[] for _ in requests]
     with torch.no_grad():
         for chunk in chunks:
             inputs = to_device(to_tensors(chunk, pooled), device)
             probs = torch.sigmoid(runner(*inputs)).cpu().tolist()
             offset = 0
-            for r in chunk:
-                k = len(r["candidates"][0])
-                lines.append(json.dumps({"id": r["id"], "scores": probs[offset:offset + k]}))
+            for part in chunk:  # parts of one request come in order
+                k = len(part["candidates"][0])
+                scores[part["request"]] += probs[offset:offset + k]
                 offset += k
+    lines = [json.dumps({"id": r["id"], "scores": s}) for r, s in zip(requests, scores)]
     atomic_write_text("\n".join(lines) + "\n", args.output)
     print(f"[score] {len(requests)} users, {sum(len(r['candidates'][0]) for r in requests)} "
           f"candidates -> {args.output}")

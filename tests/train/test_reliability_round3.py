@@ -305,3 +305,25 @@ def test_a_cache_entry_built_with_other_parameters_is_rebuilt(tmp_path, capsys) 
     assert load_movielens_100k(cache_dir=str(cache), protocol="next_item").meta[
         "protocol"] == "next_item"
     assert "rebuilding" not in capsys.readouterr().out  # the rebuilt entry is used
+
+
+def test_a_request_with_many_candidates_is_scored_in_parts(trained, tmp_path) -> None:
+    """--max-candidates bounds one call's candidates (memory grows with them whatever the
+    history); a larger request is split, and its scores are the same, in order."""
+    rng = np.random.default_rng(0)
+    items = rng.integers(1, 200, 2500).tolist()
+    req = json.loads(_request())
+    req["candidates"] = {"item": items, "cate": [i % 8 + 1 for i in items]}
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(_request() + "\n" + json.dumps(req) + "\n" + _request(id="u3") + "\n")
+    out = {}
+    for limit in ("1000", "65536"):
+        path = tmp_path / f"scores-{limit}.jsonl"
+        assert main(["score", "--checkpoint", str(trained), "--input", str(requests),
+                     "--output", str(path), "--max-candidates", limit,
+                     "--batch-users", "2"]) == 0
+        out[limit] = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["id"] for x in out["1000"]] == ["u1", "u1", "u3"]
+    assert len(out["1000"][1]["scores"]) == 2500
+    for a, b in zip(out["1000"], out["65536"]):
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-6, atol=1e-7)

@@ -156,25 +156,48 @@ def pairs(request: Dict[str, Any], max_history: int = 0) -> int:
 
 
 def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: int,
-                   max_history: int = 0) -> Iterator[List[Dict[str, Any]]]:
-    """Consecutive groups of at most ``max_users`` requests and ``max_pairs`` pairs; a single
-    request above ``max_pairs`` is a RequestError naming its line."""
+                   max_history: int = 0,
+                   max_candidates: Optional[int] = None) -> Iterator[List[Dict[str, Any]]]:
+    """Consecutive groups of at most ``max_users`` requests, ``max_pairs`` pairs and
+    ``max_candidates`` candidates; a single request above ``max_pairs`` is a RequestError
+    naming its line (one above ``max_candidates`` is cut first, :func:`split_candidates`)."""
     chunk: List[Dict[str, Any]] = []
     total = 0
+    candidates = 0
     for r in requests:
+        k = len(r["candidates"][0])
         cost = pairs(r, max_history)
         if cost > max_pairs:
             raise RequestError(
                 f"line {r['line']}: {len(r['candidates'][0])} candidates x "
                 f"{history_length(r, max_history)} behaviours = {cost:,} pairs, "
                 f"over the limit of {max_pairs:,} per call (--max-pairs); split the request")
-        if chunk and (len(chunk) >= max_users or total + cost > max_pairs):
+        if chunk and (len(chunk) >= max_users or total + cost > max_pairs
+                      or (max_candidates is not None and candidates + k > max_candidates)):
             yield chunk
-            chunk, total = [], 0
+            chunk, total, candidates = [], 0, 0
         chunk.append(r)
         total += cost
+        candidates += k
     if chunk:
         yield chunk
+
+
+def split_candidates(requests: List[Dict[str, Any]],
+                     max_candidates: int) -> List[Dict[str, Any]]:
+    """Requests with more than ``max_candidates`` candidates cut into parts of at most that
+    many (each part keeps the user's history, pooled and dense features), so that one call's
+    memory is bounded by candidates as well as by pairs: the over arch and the candidate
+    gathers cost memory per candidate whatever the history. Every part records
+    ``request``, the position of the request it came from."""
+    parts: List[Dict[str, Any]] = []
+    for i, r in enumerate(requests):
+        k = len(r["candidates"][0])
+        for start in range(0, k, max_candidates):
+            part = dict(r, request=i)
+            part["candidates"] = [c[start:start + max_candidates] for c in r["candidates"]]
+            parts.append(part)
+    return parts
 
 
 def to_tensors(requests: List[Dict[str, Any]],
