@@ -85,6 +85,13 @@ def test_sharded_resume_matches_uninterrupted_and_reshards(tmp_path) -> None:
     assert bad.returncode != 0
     assert "--resume needs the same 'model' config" in bad.stderr
 
+    # A damaged sharded checkpoint is named, in one line, not a DCP traceback.
+    (part / "last_dcp" / ".metadata").write_bytes(b"not a checkpoint")
+    damaged = _run(part, 1, ["train.epochs=4"], cache, resume=True)
+    assert damaged.returncode != 0
+    assert f"sharded checkpoint {part / 'last_dcp'} is damaged or incomplete" in \
+        damaged.stderr, damaged.stderr[-3000:]
+
 
 def test_two_rank_training_on_shared_histories(tmp_path) -> None:
     # The grouped form under the planner, DMP and TrainPipelineSparseDist.

@@ -280,9 +280,11 @@ def train_distributed(config: Dict[str, Any], output_dir: str, resume: bool = Fa
 
 def _load_sharded(state: Dict[str, Any], path: str) -> None:
     """``dcp.load`` with an error that names the folder when its files are damaged."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         dcp.load(state, checkpoint_id=path)
-    except Exception as e:  # DCP wraps a damaged shard in its own CheckpointException
+    except (Exception, CheckpointException) as e:  # the latter is a BaseException
         first = str(e).strip().splitlines()
         raise CheckpointError(
             f"sharded checkpoint {path} is damaged or incomplete ({type(e).__name__}: "
