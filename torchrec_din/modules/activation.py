@@ -58,8 +58,11 @@ class Dice(nn.Module):
             var = ((x - mean) ** 2).sum(0) / denom
             with torch.no_grad():
                 has_rows = count > 0
-                new_mean = torch.lerp(self.running_mean, mean.detach(), self.momentum)
-                new_var = torch.lerp(self.running_var, var.detach(), self.momentum)
+                # Under autocast the batch statistics may be bf16; the running ones stay in
+                # the buffers' own dtype.
+                stats = self.running_mean.dtype
+                new_mean = torch.lerp(self.running_mean, mean.detach().to(stats), self.momentum)
+                new_var = torch.lerp(self.running_var, var.detach().to(stats), self.momentum)
                 self.running_mean.copy_(torch.where(has_rows, new_mean, self.running_mean))
                 self.running_var.copy_(torch.where(has_rows, new_var, self.running_var))
         else:
