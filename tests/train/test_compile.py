@@ -77,3 +77,27 @@ def test_train_compile_from_the_cli(tmp_path, capsys) -> None:
     assert "[compile] first step" in printed and "graphs compiled so far" in printed
     loss = [runs[c]["epochs"][0]["train_loss"] for c in ("false", "true")]
     assert abs(loss[0] - loss[1]) < 1e-4, loss
+
+
+def test_a_resumed_compiled_run_matches_the_uninterrupted_one(tmp_path) -> None:
+    import json
+
+    from torchrec_din.cli import main
+
+    sets = ["data.synthetic.num_users=150", "data.synthetic.num_items=80",
+            "data.synthetic.samples_per_user=6", "data.synthetic.max_length=15",
+            "train.progress=false", "train.batch_size=64", "train.compile=true",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+
+    def train(out, epochs, *flags):
+        args = ["train", "--config", "configs/synthetic_din.yaml", "--output-dir", str(out)]
+        assert main(args + [a for s in sets + [f"train.epochs={epochs}"]
+                            for a in ("--set", s)] + list(flags)) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    full = train(tmp_path / "full", 2)
+    train(tmp_path / "part", 1)
+    resumed = train(tmp_path / "part", 2, "--resume")
+    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"]
+                                                            for e in full["epochs"]]
+    assert resumed["test"]["auc"] == full["test"]["auc"]
