@@ -99,6 +99,23 @@ class MyRanker(nn.Module):
                        self.dense_arch(dense_features)], dim=1)
         return self.final(self.over_arch(x)).squeeze(1)
 
+    def score_grouped(self, sequence_features: KeyedJaggedTensor,
+                      pooled_features: KeyedJaggedTensor, dense_features: Tensor) -> Tensor:
+        """Logits [K] for K_u candidates per user against one history per user (serving): the
+        candidate features carry K_u ids per user, histories, bags and dense rows one per user
+        (``torchrec_din.grouped.request_kjt`` builds the KJT). Each history is looked up and
+        its candidate-independent attention part computed once; per-user rows are spread over
+        the candidates with ``history_of_candidates``. Equal to ``score`` on one row per
+        candidate."""
+        embeddings = self.behaviours(sequence_features)
+        rows = self.din.history_of_candidates(embeddings)  # [K]: the user of each candidate
+        bags = self.user_context(pooled_features).to_dict()
+        x = torch.cat([self.din.candidates_grouped(embeddings),  # item, cate: each once
+                       self.din.forward_grouped(embeddings),
+                       bags["user"].index_select(0, rows), bags["hour"].index_select(0, rows),
+                       self.dense_arch(dense_features).index_select(0, rows)], dim=1)
+        return self.final(self.over_arch(x)).squeeze(1)
+
     def forward(self, batch: DINBatch) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]:
         logits = self.score(batch.sequence_features, batch.pooled_features,
                             batch.dense_features)

@@ -11,7 +11,7 @@ import textwrap
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ["torchrec_din", "torchrec_din.ops", "torchrec_din.modules", "torchrec_din.models",
            "torchrec_din.distributed", "torchrec_din.checks", "torchrec_din.batch",
-           "torchrec_din.testing", "torchrec_din.export"]
+           "torchrec_din.testing", "torchrec_din.export", "torchrec_din.grouped"]
 APPLICATION = ["torchrec_din.train", "torchrec_din.data", "torchrec_din.serve",
                "torchrec_din.metrics", "torchrec_din.cli"]
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from torchrec_din.grouped import newest, pooled_kjt, request_kjt  # noqa: F401 (re-exported)
 from torchrec_din.models.din import DINModel
-from torchrec_din.ops import lengths_to_segment_ids
 
 
 class DINScorer(nn.Module):
@@ -89,63 +89,6 @@ class DINScorer(nn.Module):
         return self.model.forward_grouped(sequence, pooled, dense)
 
 
-def pooled_kjt(pooled_features: List[str], ids: Tensor) -> KeyedJaggedTensor:
-    """Pooled features with one id each: ``ids`` [U, P] (columns in ``pooled_features``
-    order) as the KeyedJaggedTensor :class:`DINScorer` takes."""
-    return KeyedJaggedTensor(
-        keys=pooled_features, values=ids.t().reshape(-1),
-        lengths=torch.ones(ids.numel(), dtype=torch.long, device=ids.device))
-
-
-def newest(ids: Tensor, lengths: Tensor, max_history: int) -> Tuple[Tensor, Tensor]:
-    """Each user's newest ``max_history`` rows of ``ids`` (users back to back, each
-    oldest..newest, ``lengths`` [U] rows each) and the new lengths."""
-    ends = torch.cumsum(lengths, 0).index_select(0, lengths_to_segment_ids(lengths, ids.size(0)))
-    from_end = ends - torch.arange(ids.size(0), device=ids.device)
-    return ids[from_end <= max_history], lengths.clamp(max=max_history)
-
-
-def request_kjt(
-    features: List[str],
-    history_features: List[List[str]],
-    history_ids: List[Tensor],
-    history_lengths: List[Tensor],
-    candidate_ids: Tensor,
-    candidate_counts: Tensor,
-    max_history: int = 0,
-) -> KeyedJaggedTensor:
-    """The model's sequence features in the grouped form: candidate features with K_u ids
-    per user, each group's history features with the user's behaviours in that group (the
-    newest ``max_history``, 0: all)."""
-    groups = len(history_features)
-    if len(history_ids) != groups or len(history_lengths) != groups:
-        raise ValueError("expected one history_ids and one history_lengths tensor per "
-                         "attention group (" + str(groups) + "), got "
-                         + str(len(history_ids)) + " and " + str(len(history_lengths)))
-    keys: List[str] = []
-    values: List[Tensor] = []
-    lengths: List[Tensor] = []
-    for i in range(len(features)):
-        keys.append(features[i])
-        values.append(candidate_ids[:, i])
-        lengths.append(candidate_counts)
-    for g in range(groups):
-        ids, group_lengths = history_ids[g], history_lengths[g]
-        if ids.dim() != 2 or ids.size(1) != len(history_features[g]):
-            raise ValueError("history_ids[" + str(g) + "] must be [N, "
-                             + str(len(history_features[g])) + "] (columns "
-                             + ", ".join(history_features[g]) + "), got "
-                             + str(list(ids.shape)))
-        if max_history > 0:
-            ids, group_lengths = newest(ids, group_lengths, max_history)
-        for i in range(len(history_features[g])):
-            keys.append(history_features[g][i])
-            values.append(ids[:, i])
-            lengths.append(group_lengths)
-    return KeyedJaggedTensor(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
-
-
-# A leaf in fx graphs (it builds KeyedJaggedTensors and loops over the request's lists), so
-# that the int8 scorer can follow TorchRec's inference recipe: torchrec.fx.symbolic_trace,
-# then torch.jit.script.
+# An fx leaf here too (fx wraps a name in the module that calls it), so that the int8 scorer
+# follows TorchRec's inference recipe: torchrec.fx.symbolic_trace, then torch.jit.script.
 torch.fx.wrap("request_kjt")
