@@ -183,3 +183,21 @@ def test_two_rank_training_streams_parquet(tmp_path) -> None:
     assert metrics["test"]["samples"] == single["samples"] == source.splits["test"].num_rows
     assert single["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-5)
     assert single["gauc"] == pytest.approx(metrics["test"]["gauc"], abs=1e-5)
+
+
+def test_compiled_sharded_training_matches_eager(tmp_path) -> None:
+    """train.compile under torchrun: the dense part compiled inside TrainPipelineSparseDist
+    trains as the eager sharded run does."""
+    cache = tmp_path / "cache"
+    runs = {}
+    for compiled in ("false", "true"):
+        out = tmp_path / f"run-{compiled}"
+        proc = _run(out, 2, [f"train.compile={compiled}"], cache)
+        _ok(proc)
+        runs[compiled] = json.loads((out / "metrics.json").read_text())
+    assert "[compile] the dense part is compiled" in proc.stdout
+    eager, compiled = runs["false"], runs["true"]
+    assert [e["train_loss"] for e in compiled["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in eager["epochs"]], abs=1e-5)
+    for key in ("auc", "gauc", "logloss"):
+        assert compiled["test"][key] == pytest.approx(eager["test"][key], abs=1e-5), key

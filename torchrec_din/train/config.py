@@ -96,7 +96,7 @@ DEFAULTS: Dict[str, Any] = {
         # (torchrun: each rank takes its LOCAL_RANK GPU with nccl, or the CPU with gloo.)
         "device": "auto",             # auto | cpu | cuda | cuda:N
         # torch.compile the dense part (interaction + over arch, dynamic shapes; the
-        # collections stay eager). One process only for now.
+        # collections stay eager), in one process and under torchrun's pipeline.
         "compile": False,
     },
 }

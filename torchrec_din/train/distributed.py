@@ -127,11 +127,6 @@ class ShardedBackend(Backend):
         train_cfg, data_cfg = config["train"], config["data"]
         if train_cfg["regularization"] == "mba":
             raise ValueError(MBA_SHARDED)
-        if train_cfg["compile"]:
-            raise ValueError("train.compile is available in one process only for now: under "
-                             "torchrun the pipeline traces the model with its sharded "
-                             "collections as leaves, and compiling inside it (TrainPipelinePT2) "
-                             "is not tested here; set train.compile=false")
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last_dcp")
         model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
@@ -151,6 +146,17 @@ class ShardedBackend(Backend):
         if self.main:
             print(f"[plan]\n{plan}")
         self.dmp = shard(model, plan, sharders, device=self.device)
+        if train_cfg["compile"]:
+            # The dense part (interaction, over arch) under torch.compile, inside the pipeline:
+            # TrainPipelineSparseDist traces the model with the sharded collections as leaves
+            # and calls the compiled submodules as it finds them.
+            from torchrec_din.models import compile_dense
+
+            inner = self.dmp.module
+            compile_dense(inner.model if hasattr(inner, "model") else inner.module.model)
+            if self.main:
+                print("[compile] the dense part is compiled (torch.compile, dynamic shapes); "
+                      "the first steps compile it")
         # The tables update in the backward pass (fused); this optimizer owns the rest.
         self.dense_opt = make_optimizer([p for _, p in dense_parameters(self.dmp)], train_cfg)
         self.pipeline = TrainPipelineSparseDist(self.dmp, self.dense_opt, self.device)
