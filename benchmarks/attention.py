@@ -130,8 +130,10 @@ def apply_malloc(args: argparse.Namespace) -> str:
     return f"malloc {args.malloc}"
 
 
-def time_it(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
+def time_it(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

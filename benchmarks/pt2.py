@@ -23,11 +23,10 @@ Medians of ``--repeats`` timed calls after warm-up (compilation excluded, its ti
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict
+from typing import Callable, Dict
 
 import numpy as np
 import torch
@@ -35,18 +34,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from attention import add_malloc_flag, apply_malloc  # noqa: E402
-
-
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from attention import add_malloc_flag, apply_malloc, time_it  # noqa: E402
 
 
 def serving(args: argparse.Namespace) -> None:
@@ -85,14 +73,14 @@ def serving(args: argparse.Namespace) -> None:
                     for runner in (scripted, aoti):
                         torch.testing.assert_close(runner(*inputs), ref, rtol=1e-4, atol=1e-4)
                     torch.testing.assert_close(aoti(*rows), ref, rtol=1e-4, atol=1e-4)
-                    t = {name: median_time(lambda r=r: r(*inputs), args.repeats)
+                    t = {name: time_it(lambda r=r: r(*inputs), args.repeats, warmup=2)
                          for name, r in (("eager", eager), ("script", scripted),
                                          ("aoti", aoti))}
-                    t_rows = median_time(lambda: aoti(*rows), args.repeats)
+                    t_rows = time_it(lambda: aoti(*rows), args.repeats, warmup=2)
                     pairs = int((raw[1][0] * raw[3]).sum())
                     a, w = torch.randn(pairs, d), torch.randn(d, m["attention_hidden_units"][0])
-                    matmul = 2 * pairs * d * w.size(1) / median_time(lambda: a @ w,
-                                                                       args.repeats) / 1e9
+                    matmul = 2 * pairs * d * w.size(1) / time_it(lambda: a @ w, args.repeats,
+                                                                  warmup=2) / 1e9
                     gflops = executed_flops(config, raw) / t["aoti"] / 1e9
                     print(f"| {k:,} | {history:,} | {k / t['eager']:,.0f} | "
                           f"{k / t['script']:,.0f} | {k / t['aoti']:,.0f} | "
@@ -140,7 +128,7 @@ def step(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             one()
             out[name + "_first"] = time.perf_counter() - start
-            out[name] = median_time(one, args.repeats, warmup=1)
+            out[name] = time_it(one, args.repeats, warmup=1)
         print(f"| {b:,} | {out['eager'] * 1e3:.1f} | {out['compiled'] * 1e3:.1f} | "
               f"{out['eager'] / out['compiled']:.2f}x | {out['compiled_first']:.0f} s |")
 
@@ -167,7 +155,7 @@ def attention(args: argparse.Namespace) -> None:
         def run(m=module) -> None:
             m(query, JaggedTensor(values=values, lengths=lens)).sum().backward()
 
-        seconds = median_time(run, args.repeats)
+        seconds = time_it(run, args.repeats, warmup=2)
         gflops = executed_flops(n, B) / seconds / 1e9
         print(f"| {name} | {seconds * 1e3:.1f} | {gflops:.1f} | {gflops / gemm:.0%} |")
     print(f"| GEMM [N, 2D] x [2D, 80] fwd + bwd | | {gemm:.1f} | 100% |")

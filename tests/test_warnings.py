@@ -61,7 +61,6 @@ def test_the_check_sees_our_warnings() -> None:
     import torch
 
     from torchrec_din.serve.export import script_scorer
-    from torchrec_din.testing.toy import toy_collections  # noqa: F401
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

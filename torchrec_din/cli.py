@@ -53,7 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "under torchrun); same seed, data and model config")
     p_train.add_argument("--overwrite", action="store_true",
                          help="start over in an --output-dir that holds a run (its files are "
-                              "deleted once the new config and data are checked)")
+                              "kept aside until the new run's first checkpoint, and put back "
+                              "if it fails before that)")
     p_export = sub.add_parser("export", help="export the multi-candidate scorer of a run: an "
                                              "AOTInductor package (default) or TorchScript")
     p_export.add_argument("--checkpoint", required=True, help="run folder (uses best.pt) or .pt")

@@ -109,9 +109,8 @@ def load_amazon_electronics(data_dir: str, cache_dir: Optional[str] = None,
     """:func:`read_amazon_electronics` through the on-disk cache."""
     if cache_dir is None:
         return read_amazon_electronics(data_dir, **kwargs)
-    key = fingerprint([os.path.join(data_dir, REVIEWS), os.path.join(data_dir, META)],
-                      {"dataset": "amazon-electronics", **kwargs})
+    params = {"dataset": "amazon-electronics", **kwargs}
+    key = fingerprint([os.path.join(data_dir, REVIEWS), os.path.join(data_dir, META)], params)
     table, _ = cached_build(cache_dir, "amazon-electronics", key,
-                            lambda: read_amazon_electronics(data_dir, **kwargs),
-                            {"dataset": "amazon-electronics", **kwargs})
+                            lambda: read_amazon_electronics(data_dir, **kwargs), params)
     return table

@@ -170,9 +170,9 @@ def load_movielens_100k(cache_dir: Optional[str] = None, **kwargs) -> SampleTabl
     folder = find_movielens_100k(kwargs.get("data_dir"))
     if cache_dir is None:
         return read_movielens_100k(**kwargs)
-    params = {k: v for k, v in kwargs.items() if k != "data_dir"}
-    key = fingerprint([os.path.join(folder, f) for f in FILES], {"dataset": "ml-100k", **params})
+    params = {"dataset": "ml-100k", **{k: v for k, v in kwargs.items() if k != "data_dir"}}
+    key = fingerprint([os.path.join(folder, f) for f in FILES], params)
     table, _ = cached_build(cache_dir, "ml-100k", key, lambda: read_movielens_100k(**kwargs),
-                            {"dataset": "ml-100k", **params})
+                            params)
     table.meta["source"] = folder  # the files read now, not those of the run that cached it
     return table

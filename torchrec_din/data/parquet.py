@@ -345,12 +345,7 @@ def _read_rows(split: ParquetSplit, unit: _Unit, start: int, end: int,
         cache.clear()  # the next window opens the file again
         raise ParquetDataError(f"{unit.file}: row group {unit.group} cannot be decoded near "
                                f"row {near} ({e})") from None
-    return pa.Table.from_batches(parts) if parts else split_empty(split, unit)
-
-
-def split_empty(split: ParquetSplit, unit: _Unit) -> pa.Table:
-    """An empty table of the split's columns (a zero-row piece)."""
-    return split.open(unit).schema_arrow.empty_table().select(split.columns)
+    return pa.Table.from_batches(parts)  # pieces are never empty (see _windows)
 
 
 class ParquetDataset(IterableDataset):
@@ -537,15 +532,15 @@ class ParquetSource:
             split = ParquetSplit(patterns, schema, name)
             for path in split.files:
                 real = os.path.realpath(path)
-                if owner.get(real, name) != name:
+                if real in owner:
+                    if owner[real] == name:
+                        raise ParquetDataError(f"{path} is matched twice by "
+                                               f"data.parquet.{name}; its rows would count twice")
                     raise ParquetDataError(
                         f"{path} is in both the {owner[real]} and the {name} split "
                         f"(data.parquet.{owner[real]} and data.parquet.{name} match it); "
                         "a file may belong to one split only, or test metrics would be "
                         "measured on training rows")
-                if real in owner and owner[real] == name:
-                    raise ParquetDataError(f"{path} is matched twice by data.parquet.{name}; "
-                                           "its rows would count twice")
                 owner[real] = name
             self.splits[name] = split
         self.meta: Dict[str, Any] = {"dataset": "parquet", "protocol": "files",

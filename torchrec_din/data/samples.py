@@ -159,19 +159,19 @@ def save_table(table: SampleTable, path: str, build: Optional[Dict[str, Any]] = 
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def table_build_params(path: str) -> Any:
-    """The build parameters in a cached table's header (None if it has none)."""
-    with np.load(path) as z:
-        return json.loads(bytes(z["header"]).decode()).get("build")
-
-
-def load_table(path: str) -> SampleTable:
+def _read_table(path: str) -> Tuple[SampleTable, Any]:
+    """The table in ``path`` and the build parameters in its header (None if none)."""
     with np.load(path) as z:
         header = json.loads(bytes(z["header"]).decode())
         arrays = {name: z[name] for name in _ARRAYS}
         user_features = {n: z[f"user_feature__{n}"] for n in header["user_features"]}
-    return SampleTable(**arrays, user_features=user_features, vocab=header["vocab"],
-                       meta=header["meta"])
+    table = SampleTable(**arrays, user_features=user_features, vocab=header["vocab"],
+                        meta=header["meta"])
+    return table, header.get("build")
+
+
+def load_table(path: str) -> SampleTable:
+    return _read_table(path)[0]
 
 
 def fingerprint(files: List[str], params: Dict[str, Any]) -> str:
@@ -356,9 +356,9 @@ def cached_build(cache_dir: str, name: str, key: str, build,  # noqa: ANN001
         print(f"[data] removed {removed} temp file(s) left by a killed run in {cache_dir}")
     if os.path.exists(path):
         try:
-            found = table_build_params(path)
+            table, found = _read_table(path)
             if found == want:
-                return load_table(path), True
+                return table, True
             print(f"[data] cache entry {path} was built with other parameters ({found} "
                   f"instead of {want}); rebuilding it")
         except Exception as e:  # any corruption: truncated zip, bad header, missing array

@@ -202,7 +202,6 @@ class _GroupedInteraction(nn.Module):
         # Set by from_collections: the features each collection passed there holds.
         self.collection_features: List[List[str]] = []
 
-
     @classmethod
     def from_collections(
         cls, groups: Sequence[AttentionGroup], collections: Sequence[nn.Module], **kwargs: Any
@@ -211,15 +210,15 @@ class _GroupedInteraction(nn.Module):
         (``EmbeddingCollection`` and friends, sharded or not); ``kwargs`` go to the
         constructor (``hidden_units``, ``activation``, ``device``, ...)."""
         dims, tables = feature_specs(collections)
+        held = [list(feature_specs([c])[0]) for c in collections]  # per collection
         needed = [f for g in groups for f in g.candidate_features + g.history_features]
         missing = sorted({f for f in needed if f not in dims})
         if missing:
-            passed = [sorted(feature_specs([c])[0]) for c in collections]
             raise ValueError(f"from_collections: feature(s) {missing} are in no collection "
-                             f"passed; the {len(collections)} collection(s) hold {passed}")
+                             f"passed; the {len(collections)} collection(s) hold "
+                             f"{[sorted(h) for h in held]}")
         module = cls(groups, dims, feature_tables=tables, **kwargs)
-        module.collection_features = [
-            [f for f in feature_specs([c])[0] if f in needed] for c in collections]
+        module.collection_features = [[f for f in h if f in needed] for h in held]
         return module
 
     def merge(self, outputs: List[Dict[str, JaggedTensor]]) -> Dict[str, JaggedTensor]:
@@ -382,7 +381,6 @@ class DINInteraction(_GroupedInteraction):
                 for dim in self.group_dims
             ]
         )
-
 
     def forward(self, embeddings: Dict[str, JaggedTensor]) -> Tensor:
         outputs: List[Tensor] = []

@@ -82,7 +82,7 @@ def example_request(scorer: DINScorer, device: Optional[torch.device] = None
                     ) -> Tuple[Any, ...]:
     """A small request of 3 users (histories of 3, 0 and 5 behaviours in every group; 2, 1
     and 4 candidates), ids 0, on ``device``: the example inputs the scorer is exported on."""
-    from torchrec_din.serve.scorer import pooled_kjt
+    from torchrec_din.grouped import pooled_kjt
 
     kw: Dict[str, Any] = {"dtype": torch.long, "device": device}
     lengths = torch.tensor([3, 0, 5], **kw)
@@ -113,6 +113,7 @@ def export_aoti_scorer(model: DINModel, path: str, max_history: int = 0,
     spec["device"] = str(device)
     with torch.no_grad():
         program = export_model(scorer, example_request(scorer, device))
+
     def package(tmp: str) -> None:
         import torch.fx.experimental._config as fx_config
 

@@ -169,7 +169,7 @@ def batches_within(requests: List[Dict[str, Any]], max_users: int, max_pairs: in
         cost = pairs(r, max_history)
         if cost > max_pairs:
             raise RequestError(
-                f"line {r['line']}: {len(r['candidates'][0])} candidates x "
+                f"line {r['line']}: {k} candidates x "
                 f"{history_length(r, max_history)} behaviours = {cost:,} pairs, "
                 f"over the limit of {max_pairs:,} per call (--max-pairs); split the request")
         if chunk and (len(chunk) >= max_users or total + cost > max_pairs

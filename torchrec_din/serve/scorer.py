@@ -7,7 +7,7 @@ candidates. There is no second copy of the attention math here: this module only
 request tensors into the KeyedJaggedTensors the model reads.
 """
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 from torch import nn, Tensor

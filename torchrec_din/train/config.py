@@ -109,9 +109,22 @@ NULLABLE: Dict[str, type] = {
 }
 # Keys that take one of a few values of mixed types.
 CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False)}
+# Lower bounds checked at load (inclusive), before any data is built.
+MINIMUM: Dict[str, float] = {
+    "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,
+    "data.num_workers": 0, "data.parquet.buffer_rows": 1, "data.synthetic.num_users": 1,
+    "data.synthetic.num_items": 1,
+    "data.synthetic.num_cates": 1, "data.synthetic.samples_per_user": 1,
+    "data.synthetic.mean_length": 0, "data.synthetic.max_length": 1,
+    "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,
+    "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
+    "train.learning_rate": 1e-12, "train.embedding_learning_rate": 1e-12, "train.l2_lambda": 0,
+    "train.checkpoint_every": 0, "train.sync_every": 1, "train.dist_timeout_s": 1,
+    "train.patience": 0,
+}
 
 
-def resolve_device(name: str) -> "Any":
+def resolve_device(name: str) -> Any:
     """``train.device`` / ``--device`` as a torch.device: auto is cuda when one is
     available, else cpu; asking for cuda without one is an error that says so."""
     import torch
@@ -129,19 +142,6 @@ def resolve_device(name: str) -> "Any":
                          f"{torch.__version__}, CUDA build: {torch.backends.cuda.is_built()}); "
                          "use auto or cpu")
     return device
-# Lower bounds checked at load (inclusive), before any data is built.
-MINIMUM: Dict[str, float] = {
-    "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,
-    "data.num_workers": 0, "data.parquet.buffer_rows": 1, "data.synthetic.num_users": 1,
-    "data.synthetic.num_items": 1,
-    "data.synthetic.num_cates": 1, "data.synthetic.samples_per_user": 1,
-    "data.synthetic.mean_length": 0, "data.synthetic.max_length": 1,
-    "model.embedding_dim": 1, "model.pooled_embedding_dim": 1, "model.dropout": 0,
-    "train.epochs": 1, "train.batch_size": 1, "train.eval_batch_size": 1,
-    "train.learning_rate": 1e-12, "train.embedding_learning_rate": 1e-12, "train.l2_lambda": 0,
-    "train.checkpoint_every": 0, "train.sync_every": 1, "train.dist_timeout_s": 1,
-    "train.patience": 0,
-}
 
 
 def _typed(key: str, value: Any, default: Any) -> Any:

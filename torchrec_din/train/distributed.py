@@ -152,8 +152,7 @@ class ShardedBackend(Backend):
             # and calls the compiled submodules as it finds them.
             from torchrec_din.models import compile_dense
 
-            inner = self.dmp.module
-            compile_dense(inner.model if hasattr(inner, "model") else inner.module.model)
+            compile_dense(self.dmp.module.model)  # dmp.module: the unwrapped DINTrain
             if self.main:
                 print("[compile] the dense part is compiled (torch.compile, dynamic shapes); "
                       "the first steps compile it")

@@ -135,6 +135,7 @@ class LocalBackend(Backend):
         self.device = resolve_device(train_cfg["device"])
         self.model = build_model(table.vocab, config, self.device)  # SampleTable or Parquet
         self.compiled = bool(train_cfg["compile"])
+        self._compile_reported = False  # the first step's compile time is printed once
         if self.compiled:
             compile_dense(self.model)
         self.train_model = DINTrain(self.model, grouped_training(data_cfg))
@@ -153,7 +154,7 @@ class LocalBackend(Backend):
 
     def train_batches(self, loader: DataLoader) -> Iterator[Tuple[torch.Tensor, int]]:
         self.model.train()
-        first = self.compiled and not getattr(self, "_compile_reported", False)
+        first = self.compiled and not self._compile_reported
         for batch in loader:
             start = time.perf_counter()
             batch = batch.to(self.device, non_blocking=True)

@@ -93,7 +93,8 @@ def check_run_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
 
 
 def clear_run_files(output_dir: str) -> None:
-    """Remove a previous run's files (for ``--overwrite``, once the new run is validated)."""
+    """Remove the run files in ``output_dir`` (a failed new run's, before the replaced ones
+    are moved back)."""
     for name in existing_run_files(output_dir):
         _remove(os.path.join(output_dir, name))
 
