@@ -45,6 +45,7 @@ from torchrec_din.distributed import (
     make_sharders,
     planner_constraints,
     shard,
+    sync_buffers,
     use_pipeline_jit_model,
 )
 
@@ -135,6 +136,19 @@ class Scorer(nn.Module):
         return self.model.score(sequence_features, pooled_features, dense_features)
 
 
+class GroupedScorer(nn.Module):
+    """Serving entry point for K_u candidates per user: the model's ``score_grouped``;
+    exports the PT2 way (``torchrec_din.export.export_model``), candidates per user dynamic."""
+
+    def __init__(self, model: MyRanker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sequence_features: KeyedJaggedTensor, pooled_features: KeyedJaggedTensor,
+                dense_features: Tensor) -> Tensor:
+        return self.model.score_grouped(sequence_features, pooled_features, dense_features)
+
+
 def make_batch(batch_size: int, generator: torch.Generator) -> DINBatch:
     """Synthetic logs: a user clicks and buys items; a candidate whose category the user
     clicked before is more likely to be clicked (the signal DIN's attention can find)."""
@@ -205,6 +219,9 @@ def train_sharded(args: argparse.Namespace, rank: int, world: int,
         print(f"[train] {len(losses)} steps on {world} ranks; DIN part scripted by the pipeline "
               f"({type(din).__name__}); loss first 10 {sum(losses[:10]) / 10:.4f} -> "
               f"last 10 {sum(losses[-10:]) / 10:.4f}")
+    # DDP does not broadcast buffers under DMP: average the Dice statistics so that every
+    # rank, and the gathered model, is one model.
+    sync_buffers(dmp)
     return gather_state_dict(dmp), losses
 
 

@@ -36,6 +36,14 @@ def test_your_own_model_under_torchrun(tmp_path) -> None:
     assert scores.shape == (16,) and torch.isfinite(scores).all()
 
 
+def test_mixed_dims_under_torchrun() -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           os.path.join(ROOT, "examples", "mixed_dims.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "[train] 100 steps on 2 ranks" in proc.stdout
+
+
 def test_din_interaction_example() -> None:
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "din_interaction.py")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
