@@ -11,7 +11,9 @@ compiled attention.
 2. Training step (``--part step``): DIN on MovieLens-100k batches (the shipped config),
    forward + backward + Adam, eager vs ``train.compile`` (``compile_dense``: interaction and
    over arch under torch.compile, dynamic shapes), at B = 256 and 2,048.
-3. Attention (``--part attention``): ``JaggedTargetAttention`` forward + backward at B = 1,024,
+3. Profile (``--part profile``): where the eager grouped and one-row-per-candidate forms
+   spend their time at K = 1,000, per operator (torch.profiler).
+4. Attention (``--part attention``): ``JaggedTargetAttention`` forward + backward at B = 1,024,
    D = 128, MovieLens-like history lengths, eager vs torch.compile(dynamic=True), as a share of
    the GEMM of benchmarks/attention.py.
 
@@ -26,7 +28,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -61,8 +63,9 @@ def serving(args: argparse.Namespace) -> None:
         print(f"\n## Serving: one user, K candidates, history H ({torch.get_num_threads()} "
               f"threads; AOTI package compiled in {compile_s:.0f} s)\n")
         print("| K | H | eager cand/s | TorchScript cand/s | AOTI cand/s | AOTI / eager | "
-              "AOTI % of matmul | one row per candidate, AOTI cand/s | grouped / per row |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "AOTI % of matmul | one row per candidate: eager cand/s | grouped / per row, "
+              "eager | one row per candidate: AOTI cand/s | grouped / per row, AOTI |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         with torch.no_grad():
             for history in args.histories:
                 for k in (100, 1000):
@@ -77,6 +80,7 @@ def serving(args: argparse.Namespace) -> None:
                          for name, r in (("eager", eager), ("script", scripted),
                                          ("aoti", aoti))}
                     t_rows = time_it(lambda: aoti(*rows), args.repeats, warmup=2)
+                    t_rows_eager = time_it(lambda: eager(*rows), args.repeats, warmup=2)
                     pairs = int((raw[1][0] * raw[3]).sum())
                     a, w = torch.randn(pairs, d), torch.randn(d, m["attention_hidden_units"][0])
                     matmul = 2 * pairs * d * w.size(1) / time_it(lambda: a @ w, args.repeats,
@@ -85,8 +89,67 @@ def serving(args: argparse.Namespace) -> None:
                     print(f"| {k:,} | {history:,} | {k / t['eager']:,.0f} | "
                           f"{k / t['script']:,.0f} | {k / t['aoti']:,.0f} | "
                           f"{t['eager'] / t['aoti']:.2f}x | {gflops / matmul:.0%} "
-                          f"({gflops:.1f} / {matmul:.1f} GFLOP/s) | {k / t_rows:,.0f} | "
+                          f"({gflops:.1f} / {matmul:.1f} GFLOP/s) | {k / t_rows_eager:,.0f} | "
+                          f"{t_rows_eager / t['eager']:.2f}x | {k / t_rows:,.0f} | "
                           f"{t_rows / t['aoti']:.2f}x |")
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Where the eager time goes, grouped vs one row per candidate, at K = 1,000 and each H:
+    torch.profiler's self CPU time per operator (median of ``--repeats`` calls of each
+    form, taken in turn), the operators that take most of either form."""
+    from torch.profiler import profile as torch_profile, ProfilerActivity
+
+    from serving import per_row, requests, scorer_inputs, VOCAB
+
+    from torchrec_din.serve import DINScorer
+    from torchrec_din.train.builder import build_model
+    from torchrec_din.train.config import load_config
+
+    torch.manual_seed(0)
+    model = build_model(VOCAB, load_config("configs/movielens_din.yaml")).eval()
+    eager = DINScorer(model).eval()
+
+    def self_ms(inputs) -> Dict[str, float]:
+        with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            eager(*inputs)
+        return {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+
+    def medians(calls: List[Dict[str, float]]) -> Dict[str, float]:
+        keys = set().union(*calls)
+        return {k: float(np.median([c.get(k, 0.0) for c in calls])) for k in keys}
+
+    for history in args.histories:
+        raw = requests(1, 1000, history, seed=1000 + history)
+        both = (scorer_inputs(raw), scorer_inputs(per_row(raw)))
+        with torch.no_grad():  # warm both first: the heap grows to the larger one's peak once
+            for _ in range(2):
+                for inputs in both:
+                    eager(*inputs)
+        # One profiled call of each form in turn, per-operator medians over the repeats:
+        # the machine's noise hits both forms alike.
+        calls: Tuple[List[Dict[str, float]], List[Dict[str, float]]] = ([], [])
+        for _ in range(args.repeats):
+            for inputs, out in zip(both, calls):
+                out.append(self_ms(inputs))
+        grouped, rows = medians(calls[0]), medians(calls[1])
+        total_g, total_r = sum(grouped.values()), sum(rows.values())
+        print(f"\n## Eager profile, K = 1,000, H = {history:,}: self CPU ms per call "
+              f"(grouped {total_g:.1f} ms, one row per candidate {total_r:.1f} ms, "
+              f"{total_r / total_g:.2f}x)\n")
+        print("| operator | grouped ms | share | one row per candidate ms | share | "
+              "saved ms |")
+        print("|---|---|---|---|---|---|")
+        top = sorted(set(grouped) | set(rows),
+                     key=lambda k: -max(grouped.get(k, 0.0), rows.get(k, 0.0)))[:12]
+        for key in top:
+            g, r = grouped.get(key, 0.0), rows.get(key, 0.0)
+            print(f"| `{key}` | {g:.2f} | {g / total_g:.0%} | {r:.2f} | {r / total_r:.0%} | "
+                  f"{r - g:+.2f} |")
+        rest_g = total_g - sum(grouped.get(k, 0.0) for k in top)
+        rest_r = total_r - sum(rows.get(k, 0.0) for k in top)
+        print(f"| (all other operators) | {rest_g:.2f} | {rest_g / total_g:.0%} | "
+              f"{rest_r:.2f} | {rest_r / total_r:.0%} | {rest_r - rest_g:+.2f} |")
 
 
 def step(args: argparse.Namespace) -> None:
@@ -163,15 +226,16 @@ def attention(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", nargs="+", choices=["serving", "step", "attention"],
-                        default=["serving", "step", "attention"])
+    parser.add_argument("--part", nargs="+",
+                        choices=["serving", "profile", "step", "attention"],
+                        default=["serving", "profile", "step", "attention"])
     parser.add_argument("--histories", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--repeats", type=int, default=7)
     add_malloc_flag(parser)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {apply_malloc(args)}, medians of {args.repeats}")
     parts: Dict[str, Callable[[argparse.Namespace], None]] = {
-        "serving": serving, "step": step, "attention": attention}
+        "serving": serving, "profile": profile, "step": step, "attention": attention}
     for part in args.part:
         parts[part](args)
 

@@ -3,10 +3,15 @@ into an existing TorchRec environment without touching torch, torchrec or FBGEMM
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
 import textwrap
+from typing import Dict, List
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ["torchrec_din", "torchrec_din.ops", "torchrec_din.modules", "torchrec_din.models",
@@ -56,9 +61,54 @@ def _pip(python: str, *args: str) -> str:
     return proc.stdout
 
 
-def test_wheel_installs_into_existing_torchrec_environment(tmp_path) -> None:
-    # An "existing TorchRec environment": a new virtualenv that sees this one's torch,
-    # torchrec, FBGEMM, numpy (and the rest) as installed, but not torchrec_din.
+def readme_recipe(name: str) -> List[List[str]]:
+    """The command lines of the README's ``<!-- recipe: name -->`` block, split like a
+    shell would, comments dropped."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"<!-- recipe: " + re.escape(name) + r" -->\n```bash\n(.*?)```", readme,
+                      re.S)
+    assert block, f"README: no install recipe {name!r}"
+    lines = [shlex.split(line, comments=True) for line in block.group(1).splitlines()]
+    lines = [words for words in lines if words]
+    assert lines and all(words[:2] == ["pip", "install"] for words in lines), lines
+    return lines
+
+
+def _as_run(words: List[str], python: str, paths: Dict[str, str]) -> List[str]:
+    """A README line for ``python``'s pip, the README's placeholder paths replaced."""
+    out = [python, "-m", "pip", "--disable-pip-version-check"]
+    for word in words[1:]:
+        for placeholder, path in paths.items():  # longest placeholders first
+            word = word.replace(placeholder, path)
+        out.append(word)
+    return out
+
+
+def _versions(python: str) -> Dict[str, str]:
+    listed = json.loads(_pip(python, "list", "--format", "json"))
+    return {p["name"].lower().replace("_", "-"): p["version"] for p in listed}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+    wheels = tmp_path_factory.mktemp("wheels")
+    _pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+         ROOT)
+    (built,) = list(wheels.glob("torchrec_din-*.whl"))
+    return str(built)
+
+
+def _paths(wheel: str) -> Dict[str, str]:
+    return {"/path/to/" + os.path.basename(wheel): wheel, "/path/to/torchrec_din": ROOT}
+
+
+@pytest.mark.parametrize("line", range(3))
+def test_readme_recipe_for_an_existing_torchrec_environment(tmp_path, wheel, line) -> None:
+    """Each ``existing`` line, as printed, in a new virtualenv that sees this one's torch,
+    torchrec, FBGEMM, numpy (and the rest) as installed, but not torchrec_din: only
+    torchrec-din is installed, and the installed copy imports."""
+    recipe = readme_recipe("existing")
+    assert len(recipe) == 3
     site = sysconfig.get_paths()["purelib"]
     existing = tmp_path / "existing-site"
     existing.mkdir()
@@ -74,32 +124,78 @@ def test_wheel_installs_into_existing_torchrec_environment(tmp_path) -> None:
     with open(os.path.join(venv_site, "existing.pth"), "w") as f:
         f.write(str(existing) + "\n")  # pip itself comes from there too
 
-    wheels = tmp_path / "wheels"
-    _pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-         ROOT)
-    (wheel,) = list(wheels.glob("torchrec_din-*.whl"))
-
-    def versions():
-        listed = json.loads(_pip(python, "list", "--format", "json"))
-        return {p["name"].lower(): p["version"] for p in listed}
-
-    before = versions()
+    before = _versions(python)
     assert "torchrec-din" not in before
-    # --no-index: nothing may be downloaded; a needed package that is not there fails here.
-    report = tmp_path / "report.json"
-    _pip(python, "install", "--no-index", "--report", str(report), str(wheel))
-    installed = [i["metadata"]["name"] for i in json.loads(report.read_text())["install"]]
-    assert installed == ["torchrec-din"], installed
-    after = versions()
-    for name in ("torch", "torchrec", "fbgemm-gpu", "fbgemm-gpu-cpu", "numpy"):
-        if name in before:
-            assert after[name] == before[name], name
+    cmd = _as_run(recipe[line], python, _paths(wheel))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = _versions(python)
+    assert set(after) - set(before) == {"torchrec-din"}, set(after) - set(before)
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert not changed, changed
     assert after["torchrec-din"] == "0.1.0"
     proc = subprocess.run([python, "-c", "import torchrec_din, torchrec_din.modules as m; "
                            "print(torchrec_din.__file__, m.DINInteraction)"],
                           capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert str(venv) in proc.stdout  # the wheel's copy, not this checkout
+    assert str(venv) in proc.stdout  # the installed copy, not this checkout
+
+
+def test_readme_recipe_for_a_cpu_only_torchrec_environment(tmp_path) -> None:
+    """The ``cpu-existing`` lines, as printed, in the environment the README describes: torch
+    2.13.0 (CPU), torchrec 1.8.0 installed with --no-deps and its other requirements, and
+    fbgemm-gpu-cpu 1.8.0. Without the stand-in, pip would pull the CUDA fbgemm-gpu here."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    _pip(python, "install", "-q", "torch==2.13.0", "fbgemm-gpu-cpu==1.8.0")
+    _pip(python, "install", "-q", "--no-deps", "torchrec==1.8.0")
+    needs = subprocess.run(
+        [python, "-c", "from importlib.metadata import requires; print('\\n'.join("
+         "r for r in requires('torchrec') if not r.startswith('fbgemm') and 'extra' not in r))"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    _pip(python, "install", "-q", *needs)
+    before = _versions(python)
+    for line in readme_recipe("cpu-existing"):
+        proc = subprocess.run(_as_run(line, python, {"/path/to/torchrec_din": ROOT}),
+                              capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = _versions(python)
+    for name in ("torch", "torchrec", "fbgemm-gpu-cpu", "numpy"):
+        assert after[name] == before[name], (name, before[name], after[name])
+    assert after["fbgemm-gpu"].endswith("+cpushim"), after["fbgemm-gpu"]  # not the CUDA build
+    _pip(python, "check")
+    proc = subprocess.run([python, "-c", textwrap.dedent("""
+        import torch, yaml, tqdm, matplotlib, pyarrow
+        import torchrec_din
+        from torchrec_din.testing.toy import TOY_GROUPS, toy_batch, toy_collections
+        ec, ebc = toy_collections()
+        b = toy_batch([2, 0, 1])
+        out = torchrec_din.DIN(ec, TOY_GROUPS, ebc, 2)(b.sequence_features, b.pooled_features,
+                                                      b.dense_features)
+        print(torchrec_din.__file__, tuple(out.shape))
+    """)], capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(venv) in proc.stdout and "(3,)" in proc.stdout
+
+
+def test_readme_recipe_for_a_new_gpu_environment_resolves_cuda_fbgemm(tmp_path) -> None:
+    """The ``gpu-new`` line, as printed plus ``--dry-run --report`` (a CPU machine cannot run
+    the CUDA build): the CUDA fbgemm-gpu of the line and no CPU build."""
+    (line,) = readme_recipe("gpu-new")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    report = tmp_path / "report.json"
+    cmd = _as_run(line, str(venv / "bin" / "python"), {"/path/to/torchrec_din": ROOT})
+    proc = subprocess.run(cmd + ["--dry-run", "-q", "--report", str(report)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+           for i in json.loads(report.read_text())["install"]}
+    assert got["fbgemm-gpu"] == "1.9.0", got
+    assert "fbgemm-gpu-cpu" not in got, got
+    assert got["torch"] == "2.14.1" and got["torchrec"].startswith("1.9."), got
+    assert got["torchrec-din"] == "0.1.0"
 
 
 # torch minor -> the FBGEMM minor built against it (fbgemm_gpu's own table), for the lines
