@@ -34,6 +34,18 @@ RECIPES: Dict[str, List[str]] = {
     "lr_0.003": ["train.learning_rate=0.003"],
     "batch_1024": ["train.batch_size=1024"],
     "dice": ["model.attention_activation=dice", "model.over_arch_activation=dice"],
+    # Second round, around the first round's winner (mba_10):
+    "mba_3": ["train.regularization=mba", "train.l2_lambda=3.0"],
+    "mba_10_softmax": ["train.regularization=mba", "train.l2_lambda=10.0",
+                       "model.attention_normalization=softmax"],
+    "mba_10_dice": ["train.regularization=mba", "train.l2_lambda=10.0",
+                    "model.attention_activation=dice", "model.over_arch_activation=dice"],
+    "mba_10_dim_32": ["train.regularization=mba", "train.l2_lambda=10.0",
+                      "model.embedding_dim=32"],
+    "mba_10_lr_0.003": ["train.regularization=mba", "train.l2_lambda=10.0",
+                        "train.learning_rate=0.003"],
+    "mba_10_batch_1024": ["train.regularization=mba", "train.l2_lambda=10.0",
+                          "train.batch_size=1024"],
 }
 
 
