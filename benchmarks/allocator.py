@@ -45,8 +45,9 @@ def _child(setting: str, sizes: List[int], repeats: int) -> Dict[str, Any]:
     from torchrec_din.data.loader import DINDataset
     from torchrec_din.data.schema import FeatureSchema
     from torchrec_din.serve import DINScorer
-    from torchrec_din.train.builder import build_model, build_table
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.data.registry import build_table
+    from torchrec_din.config import load_config
 
     out: Dict[str, Any] = {"attention_ns": {}, "matmul_ns": {}}
     torch.manual_seed(0)

@@ -85,8 +85,8 @@ def run_ours(data: dict, warmup: int, batches: int) -> None:
     from torchrec_din.data.loader import DINDataset, make_loader
     from torchrec_din.data.synthetic import generate_synthetic
     from torchrec_din.models import DINTrain
-    from torchrec_din.train.builder import build_model
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.config import load_config
 
     table = generate_synthetic(seed=0, **SIZES)
     config = load_config(None, [

@@ -61,8 +61,8 @@ from torchrec_din.models import DINTrain
 from torchrec_din.serve import DINScorer
 from torchrec_din.serve.scorer import pooled_kjt
 from torchrec_din.testing.toy import toy_batch
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config
 VOCAB = {"item": 1683, "cate": 20, "user": 944, "age": 8, "gender": 3, "occupation": 22}
 config = load_config("configs/movielens_din.yaml", ["model.validate_inputs=false"])
 for dtype in (torch.float32, torch.bfloat16):

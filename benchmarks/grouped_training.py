@@ -23,8 +23,8 @@ from torchrec_din import DINTrain
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.movielens import load_movielens_100k
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
-from torchrec_din.train.builder import build_table
-from torchrec_din.train.loop import predict
+from torchrec_din.data.registry import build_table
+from torchrec_din.train.local import predict
 
 
 def main() -> None:

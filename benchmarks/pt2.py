@@ -44,8 +44,8 @@ def serving(args: argparse.Namespace) -> None:
 
     from torchrec_din.serve import DINScorer
     from torchrec_din.serve.export import export_aoti_scorer, load_aoti_scorer, script_scorer
-    from torchrec_din.train.builder import build_model
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.config import load_config
 
     torch.manual_seed(0)
     config = load_config("configs/movielens_din.yaml")
@@ -103,8 +103,8 @@ def profile(args: argparse.Namespace) -> None:
     from serving import per_row, requests, scorer_inputs, VOCAB
 
     from torchrec_din.serve import DINScorer
-    from torchrec_din.train.builder import build_model
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.config import load_config
 
     torch.manual_seed(0)
     model = build_model(VOCAB, load_config("configs/movielens_din.yaml")).eval()
@@ -158,8 +158,9 @@ def step(args: argparse.Namespace) -> None:
     from torchrec_din.data.loader import DINDataset
     from torchrec_din.data.schema import FeatureSchema
     from torchrec_din.models import compile_dense, DINTrain
-    from torchrec_din.train.builder import build_model, build_table
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.data.registry import build_table
+    from torchrec_din.config import load_config
 
     config = load_config("configs/movielens_din.yaml", ["data.protocol=rating"])
     table = build_table(config["data"], 0)

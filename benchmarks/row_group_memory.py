@@ -56,7 +56,7 @@ def _rss_mb() -> float:
 def child(path: str, buffer_rows: int, batch_size: int) -> Dict[str, Any]:
     from torchrec_din.data.parquet import ParquetDataset, ParquetSplit
     from torchrec_din.data.schema import FeatureSchema
-    from torchrec_din.train.config import load_config
+    from torchrec_din.config import load_config
 
     config = load_config("configs/synthetic_din.yaml", ["features.pooled=[user]"])
     schema = FeatureSchema.from_config(config["features"])

@@ -22,8 +22,8 @@ from attention import add_malloc_flag, apply_malloc, time_it
 
 from torchrec_din.serve import DINScorer
 from torchrec_din.serve.scorer import pooled_kjt
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config
 
 POOLED = ["user", "age", "gender", "occupation"]  # the config's features.pooled
 VOCAB = {"item": 1683, "cate": 20, "user": 944, "age": 8, "gender": 3, "occupation": 22}

@@ -30,8 +30,9 @@ from torchrec_din import DINTrain
 from torchrec_din.batch import DINBatch
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset
-from torchrec_din.train.builder import build_model, build_table
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.data.registry import build_table
+from torchrec_din.config import load_config
 
 
 def _leaf(x: torch.Tensor) -> torch.Tensor:

@@ -90,8 +90,8 @@ def child(args: argparse.Namespace) -> Dict[str, Any]:
     from torchrec_din.data.parquet import ParquetDataset, ParquetSplit
     from torchrec_din.data.schema import FeatureSchema
     from torchrec_din.models import DINTrain
-    from torchrec_din.train.builder import build_model
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.config import load_config
 
     torch.set_num_threads(args.threads)
     config = load_config("configs/synthetic_din.yaml", [

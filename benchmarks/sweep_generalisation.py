@@ -46,6 +46,15 @@ RECIPES: Dict[str, List[str]] = {
                         "train.learning_rate=0.003"],
     "mba_10_batch_1024": ["train.regularization=mba", "train.l2_lambda=10.0",
                           "train.batch_size=1024"],
+    # Third round: softmax normalisation (the weighted mean of the history) with MBA.
+    "softmax": ["model.attention_normalization=softmax"],
+    "mba_3_softmax": ["train.regularization=mba", "train.l2_lambda=3.0",
+                      "model.attention_normalization=softmax"],
+    "mba_30_softmax": ["train.regularization=mba", "train.l2_lambda=30.0",
+                       "model.attention_normalization=softmax"],
+    "mba_10_softmax_dice": ["train.regularization=mba", "train.l2_lambda=10.0",
+                            "model.attention_normalization=softmax",
+                            "model.attention_activation=dice", "model.over_arch_activation=dice"],
 }
 
 

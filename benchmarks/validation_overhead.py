@@ -20,8 +20,8 @@ from torchrec_din.checks import set_validate_inputs
 from torchrec_din.testing.sync import SyncCounter
 from torchrec_din.data.loader import DINDataset
 from torchrec_din.data.synthetic import generate_synthetic
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from torchrec_din.data.synthetic import generate_synthetic
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.distributed import dense_parameters, make_sharders, shard
 from torchrec_din.distributed import planner_constraints
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 
 

@@ -118,8 +118,8 @@ def _scorer_request(users, seed=0):
 @pytest.mark.parametrize("max_history", [0, 3])
 def test_grouped_scorer_exports_with_candidates_per_user_dynamic(tmp_path, max_history) -> None:
     from torchrec_din.serve import DINScorer
-    from torchrec_din.train.builder import build_model
-    from torchrec_din.train.config import load_config
+    from torchrec_din.build import build_model
+    from torchrec_din.config import load_config
 
     config = load_config(None, ["features.pooled=[user, age]", "model.embedding_dim=8",
                                 "model.attention_activation=dice",

@@ -1,6 +1,7 @@
 """The library imports with torch, torchrec, fbgemm and numpy alone; the built wheel installs
 into an existing TorchRec environment without touching torch, torchrec or FBGEMM."""
 
+import ast
 import json
 import os
 import re
@@ -9,16 +10,106 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ["torchrec_din", "torchrec_din.ops", "torchrec_din.modules", "torchrec_din.models",
            "torchrec_din.distributed", "torchrec_din.checks", "torchrec_din.batch",
-           "torchrec_din.testing", "torchrec_din.export", "torchrec_din.grouped"]
+           "torchrec_din.testing", "torchrec_din.export", "torchrec_din.grouped",
+           "torchrec_din.io", "torchrec_din.allocator"]
 APPLICATION = ["torchrec_din.train", "torchrec_din.data", "torchrec_din.serve",
-               "torchrec_din.metrics", "torchrec_din.cli"]
+               "torchrec_din.metrics", "torchrec_din.cli", "torchrec_din.config",
+               "torchrec_din.build", "torchrec_din.planning", "torchrec_din.__main__"]
+# What each part of the application may not import (dependencies point one way:
+# library <- data, metrics <- config, build, planning <- serve, train <- cli).
+FORBIDDEN = {
+    "torchrec_din.data": ["torchrec_din.train", "torchrec_din.serve", "torchrec_din.cli"],
+    "torchrec_din.metrics": ["torchrec_din.train", "torchrec_din.serve", "torchrec_din.cli",
+                             "torchrec_din.data"],
+    "torchrec_din.config": ["torchrec_din.train", "torchrec_din.serve", "torchrec_din.cli"],
+    "torchrec_din.build": ["torchrec_din.train", "torchrec_din.serve", "torchrec_din.cli"],
+    "torchrec_din.planning": ["torchrec_din.train", "torchrec_din.serve", "torchrec_din.cli"],
+    "torchrec_din.serve": ["torchrec_din.train", "torchrec_din.cli"],
+    "torchrec_din.train": ["torchrec_din.serve", "torchrec_din.cli"],
+    # Neither backend imports the other: what both need lives in engine / optim.
+    "torchrec_din.train.local": ["torchrec_din.train.sharded"],
+    "torchrec_din.train.sharded": ["torchrec_din.train.local"],
+}
+LIBRARY_THIRD_PARTY = {"torch", "torchrec", "fbgemm_gpu", "numpy"}
+
+
+def _modules() -> Dict[str, str]:
+    """Every module of the package: dotted name -> file."""
+    out = {}
+    base = os.path.join(ROOT, "torchrec_din")
+    for folder, _, files in os.walk(base):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3].replace(os.sep, ".")
+                out[rel[:-len(".__init__")] if rel.endswith(".__init__") else rel] = \
+                    os.path.join(folder, f)
+    return out
+
+
+def _imports(path: str, package: str) -> List[Tuple[str, Optional[str]]]:
+    """(imported module, the function it is imported in or None for module level)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    found: List[Tuple[str, Optional[str]]] = []
+
+    def visit(node: ast.AST, function: Optional[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = child.name if isinstance(child, (ast.FunctionDef,
+                                                     ast.AsyncFunctionDef)) else function
+            if isinstance(child, ast.Import):
+                found.extend((a.name, function) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: resolve against the package
+                    parts = package.split(".")[:len(package.split(".")) - child.level + 1]
+                    mod = ".".join(parts + ([child.module] if child.module else []))
+                else:
+                    mod = child.module or ""
+                found.append((mod, function))
+                # "from torchrec_din.data import registry" imports a module too
+                found.extend((f"{mod}.{a.name}", function) for a in child.names)
+            visit(child, inner)
+
+    visit(tree, None)
+    return found
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_import_rules_hold_for_every_module() -> None:
+    """The layering, checked on every module's imports (lazy ones inside functions too)."""
+    modules = _modules()
+    assert {"torchrec_din.train.local", "torchrec_din.train.sharded", "torchrec_din.cli",
+            "torchrec_din.data.registry", "torchrec_din.serve.export"} <= set(modules)
+    stdlib = set(sys.stdlib_module_names)
+    problems: List[str] = []
+    for name, path in sorted(modules.items()):
+        package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+        library = not any(_within(name, a) for a in APPLICATION)
+        for imported, function in _imports(path, package):
+            top = imported.split(".")[0]
+            if library:
+                if top == "torchrec_din" and any(_within(imported, a) for a in APPLICATION):
+                    problems.append(f"library module {name} imports {imported}")
+                if top not in stdlib and top not in LIBRARY_THIRD_PARTY | {"torchrec_din"}:
+                    problems.append(f"library module {name} imports {imported} (not a core "
+                                    "dependency)")
+            for part, banned in FORBIDDEN.items():
+                if _within(name, part):
+                    problems += [f"{name} imports {imported}" for b in banned
+                                 if _within(imported, b)]
+            if name == "torchrec_din.cli" and _within(imported, "torchrec_din.train") \
+                    and function != "_train_command":
+                problems.append(f"cli imports {imported} outside its train command "
+                                f"({function or 'module level'})")
+    assert not problems, "\n".join(problems)
 
 
 def test_library_needs_no_training_extra_and_imports_no_application() -> None:

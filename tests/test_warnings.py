@@ -69,8 +69,8 @@ def test_the_check_sees_our_warnings() -> None:
     assert len(_ours(caught)) == 1
     if tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 14):
         # torch 2.14 deprecates torch.jit.script: the legacy export path is ours to warn on.
-        from torchrec_din.train.builder import build_model
-        from torchrec_din.train.config import load_config
+        from torchrec_din.build import build_model
+        from torchrec_din.config import load_config
 
         model = build_model({"item": 9, "cate": 3, "user": 4, "age": 2, "gender": 2,
                              "occupation": 2}, load_config(None, ["model.embedding_dim=4"]))

@@ -10,7 +10,7 @@
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 TRAIN_EXTRA = ("yaml", "tqdm", "matplotlib", "pyarrow")
@@ -118,85 +118,91 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command in ("export", "score"):
         return _serve(args)
     if args.command == "train":
-        from torchrec_din.data.raw import DataFormatError
-        from torchrec_din.train import load_config, train
-        from torchrec_din.train.loop import TrainingInterrupted
+        return _train_command(args)
+    return 0
 
-        out = args.output_dir or os.path.join(
-            "runs", os.path.splitext(os.path.basename(args.config))[0])
-        try:
-            config = load_config(args.config, args.set)
-        except (KeyError, ValueError, FileNotFoundError) as e:
-            print(f"error: bad config: {e}", file=sys.stderr)
-            return 2
-        from contextlib import ExitStack
 
-        from torchrec_din.train.rundir import check_run_dir, RunLock
+def _load_config(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """``--config`` with ``--set`` overrides, or None after printing why it is bad."""
+    from torchrec_din.config import load_config
 
-        try:
-            with ExitStack() as stack:
-                if os.environ.get("RANK", "0") == "0":  # one process owns the run folder
-                    stack.enter_context(RunLock(out))
-                    check_run_dir(out, args.resume, args.overwrite)
-                if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
-                    from torchrec_din.train.distributed import train_distributed
+    try:
+        return load_config(args.config, args.set)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        print(f"error: bad config: {e}", file=sys.stderr)
+        return None
 
-                    results = train_distributed(config, out, args.resume, args.overwrite)
-                    if results is None:  # not rank 0
-                        return 0
-                else:
-                    results = train(config, out, args.resume, args.overwrite)
-        except TrainingInterrupted as e:
-            print(f"[stopped] {e}", file=sys.stderr)
-            return 128 + e.signum
-        except (DataFormatError, FloatingPointError, FileNotFoundError, ValueError) as e:
-            if os.environ.get("TORCHREC_DIN_DEBUG"):
-                raise  # the full traceback, for debugging
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
-              f"  -> {os.path.join(out, 'metrics.json')}")
+
+def _train_command(args: argparse.Namespace) -> int:
+    """``train``: the only command that imports ``torchrec_din.train``."""
+    from contextlib import ExitStack
+
+    from torchrec_din.data.raw import DataFormatError
+    from torchrec_din.train import train
+    from torchrec_din.train.engine import TrainingInterrupted
+    from torchrec_din.train.rundir import check_run_dir, RunLock
+
+    out = args.output_dir or os.path.join(
+        "runs", os.path.splitext(os.path.basename(args.config))[0])
+    config = _load_config(args)
+    if config is None:
+        return 2
+    try:
+        with ExitStack() as stack:
+            if os.environ.get("RANK", "0") == "0":  # one process owns the run folder
+                stack.enter_context(RunLock(out))
+                check_run_dir(out, args.resume, args.overwrite)
+            if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
+                from torchrec_din.train.sharded import train_distributed
+
+                results = train_distributed(config, out, args.resume, args.overwrite)
+                if results is None:  # not rank 0
+                    return 0
+            else:
+                results = train(config, out, args.resume, args.overwrite)
+    except TrainingInterrupted as e:
+        print(f"[stopped] {e}", file=sys.stderr)
+        return 128 + e.signum
+    except (DataFormatError, FloatingPointError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("TORCHREC_DIN_DEBUG"):
+            raise  # the full traceback, for debugging
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"[done] test AUC {results['test']['auc']:.4f}  GAUC {results['test']['gauc']:.4f}"
+          f"  -> {os.path.join(out, 'metrics.json')}")
     return 0
 
 
 def _table_command(args: argparse.Namespace) -> int:
     """``convert`` and ``plan``: a config's built-in data set, written as Parquet or planned."""
-    from torchrec_din.train import load_config
-    from torchrec_din.train.builder import build_table
+    from torchrec_din.data.registry import open_source
+    from torchrec_din.data.source import NotConvertible
 
-    try:
-        config = load_config(args.config, args.set)
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        print(f"error: bad config: {e}", file=sys.stderr)
-        return 2
-    if config["data"]["dataset"] == "parquet" and args.command == "convert":
-        print("error: convert writes a built-in data set; this config already reads Parquet",
-              file=sys.stderr)
+    config = _load_config(args)
+    if config is None:
         return 2
     try:
         if args.command == "convert":  # refuse a bad --output before building the data
             from torchrec_din.data.convert import check_output
 
             check_output(args.output, args.overwrite)
-        if config["data"]["dataset"] == "parquet":  # plan: sizes from the config, files' metadata
-            from torchrec_din.train.engine import parquet_source
-
-            table = parquet_source(config)
-        else:
-            table = build_table(config["data"], int(config["seed"]))
+        source = open_source(config)  # Parquet: sizes from the config, the files' metadata
         if args.command == "plan":
-            from torchrec_din.train.planning import print_plan
+            from torchrec_din.planning import print_plan
 
-            print_plan(config, table.vocab, args.world_size, args.compute_device,
-                       mean_history=table.summary()["train"]["mean_history"])
+            print_plan(config, source.vocab, args.world_size, args.compute_device,
+                       mean_history=source.summary()["train"]["mean_history"])
             return 0
         from torchrec_din.data.convert import convert
 
-        path = convert(table, config, args.output, args.row_group_rows, args.overwrite)
+        path = convert(source, config, args.output, args.row_group_rows, args.overwrite)
+    except NotConvertible as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"[convert] {table.summary()['train']['samples']} train samples -> {args.output}; "
+    print(f"[convert] {source.summary()['train']['samples']} train samples -> {args.output}; "
           f"train with: python -m torchrec_din train --config {path}")
     return 0
 
@@ -235,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
         to_tensors,
     )
     from torchrec_din.io import atomic_write_text
-    from torchrec_din.train.config import resolve_device
+    from torchrec_din.config import resolve_device
 
     try:
         _check_paths(args)

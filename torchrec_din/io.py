@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the target's folder, flushed, fsynced, then renamed.
+"""Atomic file writes (a temp file in the target's folder, flushed, fsynced, then renamed)
+and checkpoint files (``atomic_save`` / ``load_checkpoint``), for training and serving alike.
 
 A kill at any moment leaves either the previous file or the new one, never half of one.
 """
@@ -8,7 +9,9 @@ import math
 import os
 import secrets
 import shutil
-from typing import Any, Callable, IO
+from typing import Any, Callable, Dict, IO
+
+import torch
 
 TEMP_PREFIX = ".tmp-"
 
@@ -103,3 +106,29 @@ def atomic_write(path: str, write: Callable[[IO], None], binary: bool = True) ->
             write(f)
 
     atomic_write_path(path, produce)
+
+
+def atomic_save(obj: Dict[str, Any], path: str) -> None:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read; the message names it."""
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """``torch.load`` of one of our checkpoints, with errors that name the file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, unpickling errors, EOF: all mean a damaged file
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a torch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); restore it from a backup or start "
+            "over with --overwrite") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not the "
+                              "dict torchrec_din writes")
+    return state

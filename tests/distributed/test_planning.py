@@ -3,8 +3,8 @@ import re
 import pytest
 
 from torchrec_din.cli import main
-from torchrec_din.train.planning import plan_for_config
-from torchrec_din.train.config import load_config
+from torchrec_din.planning import plan_for_config
+from torchrec_din.config import load_config
 
 VOCAB = {"item": 1683, "cate": 20, "user": 944, "age": 8, "gender": 3, "occupation": 22}
 

@@ -11,9 +11,9 @@ from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
-from torchrec_din.train.checkpoint import load_checkpoint
-from torchrec_din.train.builder import build_table
-from torchrec_din.train.loop import predict
+from torchrec_din.io import load_checkpoint
+from torchrec_din.data.registry import build_table
+from torchrec_din.train.local import predict
 
 SETS = ["data.synthetic.num_users=400", "data.synthetic.num_items=300",
         "data.synthetic.num_cates=8", "data.synthetic.samples_per_user=10",
@@ -174,13 +174,13 @@ def test_two_rank_training_streams_parquet(tmp_path) -> None:
     cfg = state["config"]
     source = ParquetSource(cfg["data"], FeatureSchema.from_config(cfg["features"]),
                            {t: v["num_embeddings"] for t, v in cfg["tables"].items()})
-    test = source.datasets({"train": 128, "valid": 512, "test": 512}, 0, 0, 1)["test"]
+    test = source.splits({"train": 128, "valid": 512, "test": 512}, 0, 0, 1)["test"]
     import torch
 
     logits, labels, _ = predict(model, torch.utils.data.DataLoader(
         test, batch_size=None, collate_fn=lambda b: b))
     single = evaluate_predictions(logits, labels, test.user_ids())
-    assert metrics["test"]["samples"] == single["samples"] == source.splits["test"].num_rows
+    assert metrics["test"]["samples"] == single["samples"] == source.file_splits["test"].num_rows
     assert single["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-5)
     assert single["gauc"] == pytest.approx(metrics["test"]["gauc"], abs=1e-5)
 

@@ -10,8 +10,8 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.checks import set_validate_inputs
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import load_config, resolve_device
+from torchrec_din.build import build_model
+from torchrec_din.config import load_config, resolve_device
 
 # TorchRec's KJT and FakeTensorMode need a CUDA build of torch to make fake CUDA tensors
 # (the default environment's torch 2.14.1 is one; the CPU-only floor build aborts).

@@ -9,9 +9,9 @@ from torchrec_din.cli import main
 from torchrec_din.serve import DINScorer, export_scorer, load_trained
 from torchrec_din.serve.export import script_scorer
 from torchrec_din.serve.requests import parse_request, RequestError, to_tensors
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.checkpoint import atomic_save
-from torchrec_din.train.config import load_config
+from torchrec_din.build import build_model
+from torchrec_din.io import atomic_save
+from torchrec_din.config import load_config
 
 VOCAB = {"item": 60, "cate": 9, "user": 30, "age": 5}
 POOLED = ["user", "age"]

@@ -5,7 +5,7 @@ import yaml
 
 from torchrec_din.data.schema import FeatureSchema
 
-from torchrec_din.train.config import DEFAULTS, load_config, parse_override
+from torchrec_din.config import DEFAULTS, load_config, parse_override
 
 
 def test_overrides_parse_yaml_values() -> None:
@@ -74,15 +74,15 @@ def test_values_are_typed_at_load() -> None:
 
 
 def test_group_histories_auto_follows_the_protocol() -> None:
-    from torchrec_din.train.engine import grouped_training
+    from torchrec_din.data.registry import shares_histories
 
     def grouped(*sets):
-        return grouped_training(load_config("configs/movielens_din.yaml", list(sets))["data"])
+        return shares_histories(load_config("configs/movielens_din.yaml", list(sets))["data"])
 
     assert not grouped()  # rating: one sample per history
     assert grouped("data.protocol=next_item")  # a positive and its negative share a history
     assert not grouped("data.protocol=next_item", "data.group_histories=false")
     assert grouped("data.group_histories=true")
-    assert not grouped_training(load_config("configs/synthetic_din.yaml")["data"])
+    assert not shares_histories(load_config("configs/synthetic_din.yaml")["data"])
     with pytest.raises(ValueError, match="'data.group_histories' must be one of auto, true, false"):
         load_config(None, ["data.group_histories=sometimes"])

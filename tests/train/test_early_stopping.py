@@ -4,10 +4,10 @@ epoch's model, and never looks at test data to decide."""
 import pytest
 
 import torchrec_din.train.engine as engine
-import torchrec_din.train.loop as loop
-from torchrec_din.train.checkpoint import load_checkpoint
-from torchrec_din.train.config import load_config
-from torchrec_din.train.loop import early_stop
+import torchrec_din.train.local as loop
+from torchrec_din.io import load_checkpoint
+from torchrec_din.config import load_config
+from torchrec_din.train.record import early_stop
 
 SMALL = ["data.synthetic.num_users=200", "data.synthetic.num_items=100",
          "data.synthetic.num_cates=5", "data.synthetic.samples_per_user=6",
@@ -33,9 +33,9 @@ def test_training_stops_on_validation_and_evaluates_test_once(tmp_path, monkeypa
     calls = []
     real = engine.evaluate_split
 
-    def fake_evaluate(backend, dataset, batch_size, progress, desc):
+    def fake_evaluate(backend, split, progress, desc):
         calls.append(desc)
-        out = real(backend, dataset, batch_size, progress, desc)
+        out = real(backend, split, progress, desc)
         if desc == "valid":
             out["gauc"] = next(scripted)
         return out

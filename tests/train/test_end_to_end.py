@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from torchrec_din.cli import main
-from torchrec_din.train.checkpoint import load_checkpoint
+from torchrec_din.io import load_checkpoint
 
 TINY = [
     "data.synthetic.num_users=300", "data.synthetic.num_items=200", "data.synthetic.num_cates=8",

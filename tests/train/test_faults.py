@@ -8,7 +8,7 @@ import torch
 
 from torchrec_din.cli import main
 from torchrec_din.models import DINTrain
-from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
+from torchrec_din.io import atomic_save, load_checkpoint
 
 SMALL = [
     "data.synthetic.num_users=1000", "data.synthetic.num_items=300", "data.synthetic.num_cates=8",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from torchrec_din.cli import main
-from torchrec_din.train.checkpoint import load_checkpoint
+from torchrec_din.io import load_checkpoint
 
 DATA = ["data.synthetic.num_users=600", "data.synthetic.num_items=400",
         "data.synthetic.num_cates=10", "data.synthetic.samples_per_user=20",
@@ -81,12 +81,12 @@ def test_converted_files_score_exactly_like_the_builtin_loader(converted) -> Non
     from torchrec_din.data.schema import FeatureSchema
     from torchrec_din.metrics import evaluate_predictions
     from torchrec_din.serve import load_trained
-    from torchrec_din.train.loop import predict
+    from torchrec_din.train.local import predict
 
     model, _ = load_trained(str(root / "builtin"))
     source = ParquetSource(cfg["data"], FeatureSchema.from_config(cfg["features"]),
                            {t: v["num_embeddings"] for t, v in cfg["tables"].items()})
-    test = source.datasets({"train": 128, "valid": 256, "test": 256}, 0, 0, 1)["test"]
+    test = source.splits({"train": 128, "valid": 256, "test": 256}, 0, 0, 1)["test"]
     logits, labels, _ = predict(model, torch.utils.data.DataLoader(
         test, batch_size=None, collate_fn=lambda b: b))
     scored = evaluate_predictions(torch.as_tensor(logits), labels, test.user_ids())

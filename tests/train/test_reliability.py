@@ -19,8 +19,9 @@ from torchrec_din.data.raw import DataFormatError
 from torchrec_din.data.samples import cached_build
 from torchrec_din.data.synthetic import generate_synthetic
 from torchrec_din.io import atomic_write
-from torchrec_din.train.checkpoint import atomic_write_json, check_resumable, load_checkpoint
-from torchrec_din.train.config import load_config
+from torchrec_din.io import atomic_write_json, load_checkpoint
+from torchrec_din.train.checkpoint import check_resumable
+from torchrec_din.config import load_config
 from torchrec_din.train.rundir import RunLock
 
 TINY = ["data.synthetic.num_users=200", "data.synthetic.num_items=100",

@@ -40,7 +40,7 @@ def test_parquet_metrics_with_workers_equal_file_order_scoring(parquet) -> None:
     """2 workers, many windows: the reported test metrics equal a file-order scoring of the
     same best.pt (before: workers' windows interleaved, logits met other rows' labels)."""
     from torchrec_din.serve import load_trained
-    from torchrec_din.train.engine import parquet_source
+    from torchrec_din.data.registry import open_source
 
     out = parquet / "run-workers"
     cfg = str(parquet / "pq" / "config.yaml")
@@ -50,7 +50,7 @@ def test_parquet_metrics_with_workers_equal_file_order_scoring(parquet) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     model, state = load_trained(str(out))
     model.eval()
-    test = parquet_source(state["config"]).datasets(
+    test = open_source(state["config"]).splits(
         {"train": 64, "valid": 50, "test": 50}, 0, 0, 1)["test"]
     assert len(test) > 4  # several windows and batches per worker
     with torch.no_grad():
@@ -64,11 +64,11 @@ def test_parquet_metrics_with_workers_equal_file_order_scoring(parquet) -> None:
 
 def test_parquet_training_applies_max_history(parquet) -> None:
     from torchrec_din.train import load_config
-    from torchrec_din.train.engine import parquet_source
+    from torchrec_din.data.registry import open_source
 
     config = load_config(str(parquet / "pq" / "config.yaml"), ["data.max_history=10"])
     longest = 0
-    for b in parquet_source(config).datasets({"train": 64, "valid": 64, "test": 64}, 0, 0,
+    for b in open_source(config).splits({"train": 64, "valid": 64, "test": 64}, 0, 0,
                                              1)["train"]:
         longest = max(longest, int(b.sequence_features["hist_item"].lengths().max()))
     assert longest == 10
@@ -182,7 +182,7 @@ def test_tables_settings_are_checked_at_load(override, message) -> None:
 
 def test_valid_tables_settings_load_and_apply(capsys) -> None:
     from torchrec_din.train import load_config
-    from torchrec_din.train.builder import table_configs
+    from torchrec_din.build import table_configs
 
     config = load_config("configs/synthetic_din.yaml", [
         "tables.user.embedding_dim=4", "tables.item.num_embeddings=999",

@@ -1,3 +1,3 @@
 """Data: DINBatch, datasets and loaders."""
 
-from torchrec_din.data.batch import DINBatch  # noqa: F401
+from torchrec_din.data.collate import DINBatch  # noqa: F401

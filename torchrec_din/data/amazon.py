@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from torchrec_din.data.raw import DataFormatError, SkipCounter
-from torchrec_din.data.samples import build_from_interactions, cached_build, fingerprint, SampleTable
+from torchrec_din.data.samples import build_from_interactions, SampleTable
 
 REVIEWS = "reviews_Electronics_5.json"
 META = "meta_Electronics.json"
@@ -107,10 +107,6 @@ def read_amazon_electronics(
 def load_amazon_electronics(data_dir: str, cache_dir: Optional[str] = None,
                             **kwargs) -> SampleTable:  # noqa: ANN003
     """:func:`read_amazon_electronics` through the on-disk cache."""
-    if cache_dir is None:
-        return read_amazon_electronics(data_dir, **kwargs)
-    params = {"dataset": "amazon-electronics", **kwargs}
-    key = fingerprint([os.path.join(data_dir, REVIEWS), os.path.join(data_dir, META)], params)
-    table, _ = cached_build(cache_dir, "amazon-electronics", key,
-                            lambda: read_amazon_electronics(data_dir, **kwargs), params)
-    return table
+    from torchrec_din.data.registry import load_builtin
+
+    return load_builtin("amazon-electronics", {"data_dir": data_dir, **kwargs}, cache_dir)

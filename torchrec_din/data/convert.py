@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from torchrec_din.data.loader import DINDataset
-from torchrec_din.data.samples import SampleTable
-from torchrec_din.data.schema import FeatureSchema
+from torchrec_din.data.source import DataSource
 from torchrec_din.io import atomic_write
 
 
@@ -75,7 +74,7 @@ def check_output(output: str, overwrite: bool) -> None:
                          "folder")
 
 
-def convert(table: SampleTable, config: Dict[str, Any], output: str,
+def convert(source: DataSource, config: Dict[str, Any], output: str,
             row_group_rows: int = 16384, overwrite: bool = False) -> str:
     """Write train / valid / test Parquet files and ``config.yaml`` into ``output``.
 
@@ -88,13 +87,12 @@ def convert(table: SampleTable, config: Dict[str, Any], output: str,
         ``tables.<name>.num_embeddings`` from the data).
     """
     check_output(output, overwrite)
-    schema = FeatureSchema.from_config(config["features"])
     output = output.rstrip("/") or "/"
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", suffix=".part", dir=parent)
     try:
-        path = _write_all(table, config, schema, output, tmp, row_group_rows)
+        path = _write_all(source, config, output, tmp, row_group_rows)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -108,24 +106,27 @@ def convert(table: SampleTable, config: Dict[str, Any], output: str,
     return path
 
 
-def _write_all(table: SampleTable, config: Dict[str, Any], schema: FeatureSchema,
-               output: str, tmp: str, row_group_rows: int) -> str:
+def _write_all(source: DataSource, config: Dict[str, Any], output: str, tmp: str,
+               row_group_rows: int) -> str:
+    schema = source.schema
     files: Dict[str, List[str]] = {}
-    for split in ("train", "valid", "test"):
-        ds = DINDataset(table, split, schema)
-        name = f"{split}.parquet"
-        with pq.ParquetWriter(os.path.join(tmp, name), split_table(ds, np.arange(0)).schema) as w:
-            for start in range(0, len(ds), row_group_rows):
-                rows = np.arange(start, min(start + row_group_rows, len(ds)))
-                w.write_table(split_table(ds, rows), row_group_size=row_group_rows)
-        files[split] = [os.path.join(os.path.abspath(output), name)]
+    # One sample per row, in the split's order (every split as one rank sees it whole).
+    splits = source.splits({"train": 1, "valid": 1, "test": 1}, 0, 0, 1)
+    for name_, split in splits.items():
+        size = len(split.labels())
+        name = f"{name_}.parquet"
+        with pq.ParquetWriter(os.path.join(tmp, name), split.arrow(0, 0).schema) as w:
+            for start in range(0, size, row_group_rows):
+                w.write_table(split.arrow(start, min(start + row_group_rows, size)),
+                              row_group_size=row_group_rows)
+        files[name_] = [os.path.join(os.path.abspath(output), name)]
     out_cfg = copy.deepcopy(config)
     out_cfg["data"]["dataset"] = "parquet"
     out_cfg["data"]["parquet"].update(files)
     out_cfg["data"]["group_histories"] = False
     tables = out_cfg.setdefault("tables", {})
     for t in schema.table_features():
-        tables.setdefault(t, {})["num_embeddings"] = int(table.vocab[t])
+        tables.setdefault(t, {})["num_embeddings"] = int(source.vocab[t])
     text = HEADER + yaml.safe_dump(out_cfg, sort_keys=False)
     atomic_write(os.path.join(tmp, "config.yaml"), lambda f: f.write(text), binary=False)
     return os.path.join(output, "config.yaml")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from torchrec_din.data.batch import build_batch, DINBatch
+from torchrec_din.data.collate import build_batch, DINBatch
 from torchrec_din.data.samples import range_positions, SampleTable
 from torchrec_din.data.schema import FeatureSchema
 
@@ -36,6 +36,7 @@ class DINDataset(Dataset):
                  group_histories: bool = False) -> None:
         self.table = table
         self.schema = schema
+        self.split = split
         self.rows = np.arange(len(table)) if split == "all" else table.split_indices(split)
         self.group_histories = group_histories
         self.group_offsets: Optional[np.ndarray] = None

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from torchrec_din.data.raw import read_tsv, SkipCounter, Vocabulary
-from torchrec_din.data.samples import build_from_interactions, cached_build, fingerprint, SampleTable
+from torchrec_din.data.samples import build_from_interactions, SampleTable
 
 FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 AGE_BUCKETS = [18, 25, 35, 45, 50, 56]  # MovieLens-1M: <18, 18-24, ..., 56+
@@ -167,12 +167,6 @@ def read_movielens_100k(
 
 def load_movielens_100k(cache_dir: Optional[str] = None, **kwargs) -> SampleTable:  # noqa: ANN003
     """:func:`read_movielens_100k` through the on-disk cache (keyed by files + arguments)."""
-    folder = find_movielens_100k(kwargs.get("data_dir"))
-    if cache_dir is None:
-        return read_movielens_100k(**kwargs)
-    params = {"dataset": "ml-100k", **{k: v for k, v in kwargs.items() if k != "data_dir"}}
-    key = fingerprint([os.path.join(folder, f) for f in FILES], params)
-    table, _ = cached_build(cache_dir, "ml-100k", key, lambda: read_movielens_100k(**kwargs),
-                            params)
-    table.meta["source"] = folder  # the files read now, not those of the run that cached it
-    return table
+    from torchrec_din.data.registry import load_builtin
+
+    return load_builtin("movielens-100k", kwargs, cache_dir)

@@ -41,9 +41,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from torch.utils.data import IterableDataset, get_worker_info
 
-from torchrec_din.data.batch import build_batch, DINBatch
+from torchrec_din.data.collate import build_batch, DINBatch
 from torchrec_din.data.samples import range_positions
 from torchrec_din.data.schema import FeatureSchema
+from torchrec_din.data.source import EpochLoader, NotConvertible
 
 
 _WORKER_PREFIX = "Caught ParquetDataError in DataLoader worker process"
@@ -505,6 +506,34 @@ class ParquetDataset(IterableDataset):
         """Logs carry no known truth: None."""
         return None
 
+    # The rest of the SplitData face (torchrec_din.data.source).
+
+    def loader(self, seed: int, workers: int) -> EpochLoader:
+        """This rank's batches with ``workers`` workers (the dataset batches and splits
+        itself). Not persistent: each epoch's workers get the dataset as ``set_epoch`` left
+        it. Its own generator: otherwise starting workers draws from the global RNG, and a
+        resumed run's dropout masks would differ from an uninterrupted run's."""
+        from torch import Generator
+        from torch.utils.data import DataLoader
+
+        from torchrec_din.data.loader import _identity
+
+        dl = DataLoader(self, batch_size=None, num_workers=workers, collate_fn=_identity,
+                        generator=Generator().manual_seed(seed))
+        return EpochLoader(dl, self)
+
+    def eval_batches(self) -> Iterator[Tuple[DINBatch, bool]]:
+        """This rank's part, in file order; every rank has the same number of batches."""
+        for batch in self.loader(0, 0):
+            yield batch, True
+
+    def candidate_ids(self, feature: str) -> np.ndarray:
+        return self.split.column(feature)
+
+    def arrow(self, start: int, stop: int) -> Any:
+        raise NotConvertible(f"convert writes a built-in data set; this config already reads "
+                         f"Parquet ({self.split.name}: {self.split.files[:2]})")
+
 
 class ParquetSource:
     """The Parquet data of a config: ``data.parquet.{train,valid,test}`` file globs, table
@@ -521,7 +550,7 @@ class ParquetSource:
         cfg = data_cfg["parquet"]
         self.schema, self.vocab, self.buffer_rows = schema, vocab, int(cfg["buffer_rows"])
         self.max_history = int(data_cfg.get("max_history") or 0)
-        self.splits: Dict[str, ParquetSplit] = {}
+        self.file_splits: Dict[str, ParquetSplit] = {}  # split name -> its files
         owner: Dict[str, str] = {}
         for name in ("train", "valid", "test"):
             patterns = cfg[name]
@@ -542,16 +571,16 @@ class ParquetSource:
                         "a file may belong to one split only, or test metrics would be "
                         "measured on training rows")
                 owner[real] = name
-            self.splits[name] = split
+            self.file_splits[name] = split
         self.meta: Dict[str, Any] = {"dataset": "parquet", "protocol": "files",
-                                     "files": {k: v.files for k, v in self.splits.items()},
+                                     "files": {k: v.files for k, v in self.file_splits.items()},
                                      "multi_hot": [p for p in schema.pooled if any(
-                                         v.kinds[p] == "list<int>" for v in self.splits.values())]}
+                                         v.kinds[p] == "list<int>" for v in self.file_splits.values())]}
 
     def summary(self) -> Dict[str, Dict[str, Any]]:
         """Rows per split, and the mean history length of the first row group of train."""
-        out = {k: {"samples": v.num_rows} for k, v in self.splits.items()}
-        train = self.splits["train"]
+        out = {k: {"samples": v.num_rows} for k, v in self.file_splits.items()}
+        train = self.file_splits["train"]
         first = train.read(train.units[0], [self.schema.history_features()[0]])
         _, offsets = _flat(first.column(0))
         lengths = np.diff(offsets)
@@ -560,18 +589,20 @@ class ParquetSource:
         out["train"]["mean_history"] = float(lengths.mean()) if lengths.size else 0.0
         return out
 
-    def datasets(self, batch_sizes: Dict[str, int], seed: int, rank: int,
-                 world: int) -> Dict[str, "ParquetDataset"]:
+    shared_histories = False  # one sample per row
+
+    def splits(self, batch_sizes: Dict[str, int], seed: int, rank: int,
+               world: int) -> Dict[str, "ParquetDataset"]:
         return {name: ParquetDataset(split, self.vocab, batch_sizes[name], name == "train",
                                      seed, self.buffer_rows, rank, world, self.max_history)
-                for name, split in self.splits.items()}
+                for name, split in self.file_splits.items()}
 
     def count_ids(self, split: str, features: List[str], rows: Dict[str, int],
                   where_label: bool = False) -> Dict[str, np.ndarray]:
         """Occurrences of every id per feature over a split (streamed); ``where_label``
         counts only positive samples."""
         counts = {f: np.zeros(rows[f], np.float64) for f in features}
-        s = self.splits[split]
+        s = self.file_splits[split]
         history = set(self.schema.history_features())
         for unit in s.units:
             table = s.read(unit, list(features) + [self.schema.label])
@@ -587,10 +618,3 @@ class ParquetSource:
                         np.repeat(positive, np.diff(offsets))]
                 counts[f] += np.bincount(values, minlength=rows[f])[:rows[f]]
         return counts
-
-    def popularity_scores(self) -> np.ndarray:
-        """Baseline scores of the test split: positives per candidate id in training."""
-        f = self.schema.popularity_feature()
-        table = self.schema.table_of(f)
-        counts = self.count_ids("train", [f], {f: self.vocab[table]}, where_label=True)[f]
-        return counts[self.splits["test"].column(f)]

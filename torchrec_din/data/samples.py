@@ -19,7 +19,7 @@ from torchrec_din.io import atomic_write, remove_stale_temp_files
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 PROTOCOLS = ("next_item", "rating")
 # Bump when sample construction changes, so old caches are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: candidate and sequence columns stored by name
 
 
 @dataclass
@@ -27,12 +27,14 @@ class SampleTable:
     """All samples of a data set, columnar.
 
     Attributes:
-        seq_item, seq_cate: [S] behaviour ids of all users back to back, oldest..newest.
-        seq_offsets: [U + 1] where user u's sequence is ``seq_*[seq_offsets[u]:seq_offsets[u+1]]``.
+        sequences: history column name (e.g. ``hist_item``, ``hist_cate``) -> [S] behaviour
+            ids of all users back to back, oldest..newest.
+        seq_offsets: [U + 1] where user u's sequence is ``[seq_offsets[u]:seq_offsets[u+1]]``
+            of every sequence column.
         user_row: [M] the user (row of ``user_features`` and of the sequences) of each sample.
         hist_start, hist_end: [M] the history is positions [hist_start, hist_end) of that
             user's sequence.
-        item, cate: [M] candidate ids.
+        candidates: candidate column name (e.g. ``item``, ``cate``) -> [M] candidate ids.
         label: [M] float32 in {0, 1}.
         split: [M] int8: 0 train, 1 valid, 2 test.
         user_features: name -> [U] id of each pooled user feature.
@@ -43,14 +45,12 @@ class SampleTable:
             reach.
     """
 
-    seq_item: np.ndarray
-    seq_cate: np.ndarray
+    sequences: Dict[str, np.ndarray]
     seq_offsets: np.ndarray
     user_row: np.ndarray
     hist_start: np.ndarray
     hist_end: np.ndarray
-    item: np.ndarray
-    cate: np.ndarray
+    candidates: Dict[str, np.ndarray]
     label: np.ndarray
     split: np.ndarray
     user_features: Dict[str, np.ndarray]
@@ -73,13 +73,29 @@ class SampleTable:
             "pooled": list(self.user_features) if pooled is None else list(pooled)})
 
     def candidate_column(self, name: str) -> np.ndarray:
-        """[M] candidate ids of column ``name`` (``item`` or ``cate``)."""
-        return _column({"item": self.item, "cate": self.cate}, name, "candidate")
+        """[M] candidate ids of column ``name`` (the built-in sets: ``item``, ``cate``)."""
+        return _column(self.candidates, name, "candidate")
 
     def history_column(self, name: str) -> np.ndarray:
-        """[S] behaviour ids of history column ``name`` (``hist_item`` or ``hist_cate``)."""
-        return _column({"hist_item": self.seq_item, "hist_cate": self.seq_cate}, name,
-                       "history")
+        """[S] behaviour ids of history column ``name`` (``hist_item``, ``hist_cate``)."""
+        return _column(self.sequences, name, "history")
+
+    # The built-in sets' columns by their usual names.
+    @property
+    def item(self) -> np.ndarray:
+        return self.candidate_column("item")
+
+    @property
+    def cate(self) -> np.ndarray:
+        return self.candidate_column("cate")
+
+    @property
+    def seq_item(self) -> np.ndarray:
+        return self.history_column("hist_item")
+
+    @property
+    def seq_cate(self) -> np.ndarray:
+        return self.history_column("hist_cate")
 
     def user_column(self, name: str) -> np.ndarray:
         """[U] id of pooled user feature ``name``."""
@@ -129,8 +145,7 @@ class SampleTable:
         return out
 
 
-_ARRAYS = ["seq_item", "seq_cate", "seq_offsets", "user_row", "hist_start", "hist_end",
-           "item", "cate", "label", "split"]
+_ARRAYS = ["seq_offsets", "user_row", "hist_start", "hist_end", "label", "split"]
 
 
 def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -151,10 +166,15 @@ def save_table(table: SampleTable, path: str, build: Optional[Dict[str, Any]] = 
     """Write the table to ``path`` (.npz) atomically: temp file in the same folder + rename.
     ``build``: the parameters it was built with, kept in the header for :func:`cached_build`."""
     arrays = {name: getattr(table, name) for name in _ARRAYS}
-    for name, values in table.user_features.items():
-        arrays[f"user_feature__{name}"] = values
+    columns = {"user_feature": table.user_features, "candidate": table.candidates,
+               "sequence": table.sequences}
+    for kind, named in columns.items():
+        for name, values in named.items():
+            arrays[f"{kind}__{name}"] = values
     header = json.dumps({"vocab": table.vocab, "meta": table.meta,
-                         "user_features": list(table.user_features), "build": build})
+                         "user_features": list(table.user_features),
+                         "candidates": list(table.candidates),
+                         "sequences": list(table.sequences), "build": build})
     arrays["header"] = np.frombuffer(header.encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -164,9 +184,10 @@ def _read_table(path: str) -> Tuple[SampleTable, Any]:
     with np.load(path) as z:
         header = json.loads(bytes(z["header"]).decode())
         arrays = {name: z[name] for name in _ARRAYS}
-        user_features = {n: z[f"user_feature__{n}"] for n in header["user_features"]}
-    table = SampleTable(**arrays, user_features=user_features, vocab=header["vocab"],
-                        meta=header["meta"])
+        named = {kind: {n: z[f"{prefix}__{n}"] for n in header[kind]}
+                 for kind, prefix in (("user_features", "user_feature"),
+                                      ("candidates", "candidate"), ("sequences", "sequence"))}
+    table = SampleTable(**arrays, **named, vocab=header["vocab"], meta=header["meta"])
     return table, header.get("build")
 
 
@@ -322,15 +343,14 @@ def build_from_interactions(
 
     data = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
     seq_item = np.concatenate(seq_parts).astype(np.int64) if seq_parts else np.zeros(0, np.int64)
+    items = data["item"].astype(np.int64)
     return SampleTable(
-        seq_item=seq_item,
-        seq_cate=item_cate[seq_item],
+        sequences={"hist_item": seq_item, "hist_cate": item_cate[seq_item]},
         seq_offsets=seq_offsets,
         user_row=data["user_row"].astype(np.int64),
         hist_start=np.zeros_like(data["hist_end"], dtype=np.int64),
         hist_end=data["hist_end"].astype(np.int64),
-        item=data["item"].astype(np.int64),
-        cate=item_cate[data["item"].astype(np.int64)],
+        candidates={"item": items, "cate": item_cate[items]},
         label=data["label"].astype(np.float32),
         split=data["split"].astype(np.int8),
         user_features=user_features,

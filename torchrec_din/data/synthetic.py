@@ -82,9 +82,10 @@ def generate_synthetic(
     split[r >= 0.8] = SPLITS["valid"]
     split[r >= 0.9] = SPLITS["test"]
     return SampleTable(
-        seq_item=seq_item, seq_cate=item_cate[seq_item], seq_offsets=seq_offsets,
-        user_row=user_row, hist_start=np.zeros(m, np.int64), hist_end=lengths[user_row],
-        item=items, cate=item_cate[items], label=np.concatenate(label_col), split=split,
+        sequences={"hist_item": seq_item, "hist_cate": item_cate[seq_item]},
+        seq_offsets=seq_offsets, user_row=user_row, hist_start=np.zeros(m, np.int64),
+        hist_end=lengths[user_row], candidates={"item": items, "cate": item_cate[items]},
+        label=np.concatenate(label_col), split=split,
         user_features={"user": np.arange(num_users, dtype=np.int64)},
         vocab={"item": num_items + 1, "cate": num_cates + 1, "user": num_users},
         meta={"dataset": "synthetic", "protocol": "planted", "seed": seed,

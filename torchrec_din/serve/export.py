@@ -12,8 +12,8 @@ import torch
 from torchrec_din.io import atomic_write, atomic_write_path
 from torchrec_din.models import DINModel
 from torchrec_din.serve.scorer import DINScorer
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.checkpoint import load_checkpoint
+from torchrec_din.build import build_model
+from torchrec_din.io import load_checkpoint
 
 
 def load_trained(checkpoint: str, device: Optional[torch.device] = None

@@ -1,41 +1,12 @@
-"""Atomic checkpoint files: a killed save never leaves a file that loads as valid."""
+"""What a resumed run may change: the rules ``--resume`` checks a config against the saved
+progress by. Checkpoint files themselves are written and read by ``torchrec_din.io``."""
 
-import os
 from typing import Any, Dict, List
-
-import torch
-
-from torchrec_din.io import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401
-
-
-def atomic_save(obj: Dict[str, Any], path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file exists but cannot be read; the message names it."""
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """``torch.load`` of one of our checkpoints, with errors that name the file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, unpickling errors, EOF: all mean a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is damaged or not a torch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); restore it from a backup or start "
-            "over with --overwrite") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not the "
-                              "dict torchrec_din writes")
-    return state
 
 
 # train.* keys whose change would make the saved optimizer state meaningless.
-_RESUME_FIXED = ("optimizer", "regularization", "embedding_optimizer")
+# select_metric: the record's best value so far is of the old metric.
+_RESUME_FIXED = ("optimizer", "regularization", "embedding_optimizer", "select_metric")
 
 
 def check_resumable(saved: Dict[str, Any], config: Dict[str, Any],

@@ -1,36 +1,14 @@
 """Mini-batch aware L2 regularisation of embeddings (DIN paper, section 4.2)."""
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn, Tensor
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_din.data.samples import SampleTable
-from torchrec_din.data.schema import FeatureSchema
-
-
-def training_frequencies(table: SampleTable, rows: np.ndarray, schema: FeatureSchema,
-                         vocab: Dict[str, int], chunk: int = 50_000) -> Dict[str, np.ndarray]:
-    """How often each id occurs in the training samples, per table of the schema (every
-    feature that looks the table up: candidates, histories, pooled user features)."""
-    out: Dict[str, np.ndarray] = {}
-    users = table.user_row[rows]
-    for name, features in schema.table_features().items():
-        counts = np.zeros(vocab[name], dtype=np.float64)
-        for f in features:
-            if f in schema.pooled:
-                counts += np.bincount(table.user_column(f)[users], minlength=vocab[name])
-            elif f in schema.candidate_features():
-                counts += np.bincount(table.candidate_column(f)[rows], minlength=vocab[name])
-            else:
-                column = table.history_column(f)
-                for start in range(0, rows.size, chunk):
-                    flat, _ = table.history_positions(rows[start:start + chunk])
-                    counts += np.bincount(column[flat], minlength=vocab[name])
-        out[name] = counts
-    return out
+from torchrec_din.data.source import DataSource, table_id_counts
+from torchrec_din.models import DINModel
 
 
 class MiniBatchAwareL2(nn.Module):
@@ -72,3 +50,30 @@ class MiniBatchAwareL2(nn.Module):
             inv = getattr(self, f"inv_freq_{name}").index_select(0, unique)
             total = total + (rows.pow(2).sum(1) * inv).sum()
         return self.strength * total
+
+
+def make_regularizer(model: DINModel, source: DataSource,
+                     train_cfg: Dict[str, Any]) -> Optional[MiniBatchAwareL2]:
+    """The MBA regulariser when ``train.regularization=mba`` (None otherwise), with id
+    frequencies counted over the source's training split."""
+    kind = train_cfg["regularization"]
+    if kind not in ("none", "l2", "mba"):
+        raise ValueError(f"train.regularization must be none, l2 or mba, got {kind!r}")
+    if kind != "mba":
+        return None
+    weights: Dict[str, torch.Tensor] = {}
+    features: Dict[str, List[str]] = {}
+    rows: Dict[str, int] = {}
+    for name, module in model.embedding_collection.embeddings.items():
+        weights[name] = module.weight
+    for cfg in model.embedding_collection.embedding_configs():
+        features[cfg.name] = list(cfg.feature_names)
+        rows[cfg.name] = cfg.num_embeddings
+    if model.embedding_bag_collection is not None:
+        for name, module in model.embedding_bag_collection.embedding_bags.items():
+            weights[name] = module.weight
+        for cfg in model.embedding_bag_collection.embedding_bag_configs():
+            features[cfg.name] = list(cfg.feature_names)
+            rows[cfg.name] = cfg.num_embeddings
+    frequencies = table_id_counts(source, features, rows)
+    return MiniBatchAwareL2(weights, features, frequencies, train_cfg["l2_lambda"])

@@ -1,52 +1,15 @@
-"""Build data and models from a run configuration."""
+"""The model a run configuration describes: its TorchRec tables and DIN or BaseModel. Used
+by training and serving alike."""
 
-import os
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-from torchrec_din.data.samples import SampleTable
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.models import BaseModel, DIN, DINModel
 from torchrec_din.modules.interaction import AttentionGroup
-
-
-def build_table(data: Dict[str, Any], seed: int) -> SampleTable:
-    """Load (through the cache) the samples the config names, capped at ``max_history``."""
-    name = data["dataset"]
-    cache_dir = data["cache_dir"]
-    if cache_dir:
-        cache_dir = os.path.abspath(cache_dir)
-    if name == "movielens-100k":
-        from torchrec_din.data.movielens import load_movielens_100k
-
-        table = load_movielens_100k(
-            cache_dir=cache_dir, data_dir=data["data_dir"], protocol=data["protocol"],
-            genre=data["genre"], valid_per_user=data["valid_per_user"],
-            test_per_user=data["test_per_user"],
-            positive_threshold=data["positive_threshold"], seed=seed,
-            skip_malformed=data["skip_malformed"], duplicates=data["duplicates"],
-        )
-    elif name == "amazon-electronics":
-        from torchrec_din.data.amazon import load_amazon_electronics
-
-        if not data["data_dir"]:
-            raise ValueError("data.data_dir must name the folder with reviews_Electronics_5.json "
-                             "and meta_Electronics.json")
-        table = load_amazon_electronics(
-            data["data_dir"], cache_dir=cache_dir, valid_per_user=data["valid_per_user"],
-            test_per_user=data["test_per_user"], seed=seed,
-            skip_malformed=data["skip_malformed"], duplicates=data["duplicates"])
-    elif name == "synthetic":
-        from torchrec_din.data.synthetic import generate_synthetic
-
-        table = generate_synthetic(seed=seed, **data["synthetic"])
-    else:
-        raise ValueError(f"data.dataset must be movielens-100k, amazon-electronics or "
-                         f"synthetic, got {name!r}")
-    return table.with_max_history(data["max_history"])
 
 
 def table_configs(vocab: Dict[str, int], config: Dict[str, Any]) -> Dict[str, Any]:

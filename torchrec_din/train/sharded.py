@@ -29,8 +29,7 @@ import torch.distributed.checkpoint as dcp
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
-from torchrec_din.data.loader import DINDataset
-from torchrec_din.data.samples import SampleTable
+from torchrec_din.data.source import DataSource, EpochLoader, SplitData
 from torchrec_din.distributed import (
     dense_parameters,
     gather_state_dict,
@@ -39,11 +38,11 @@ from torchrec_din.distributed import (
     sync_buffers,
 )
 from torchrec_din.models import DINTrain
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.checkpoint import CheckpointError, atomic_save, load_checkpoint
-from torchrec_din.train.engine import Backend, grouped_training, make_data_loader, run_training
-from torchrec_din.train.loop import apply_train_config, make_optimizer
-from torchrec_din.train.planning import constraints_for, embedding_optimizer
+from torchrec_din.build import build_model
+from torchrec_din.io import CheckpointError, atomic_save, load_checkpoint
+from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.optim import apply_train_config, make_optimizer
+from torchrec_din.planning import constraints_for, embedding_optimizer
 
 T = TypeVar("T")
 
@@ -122,20 +121,20 @@ class ShardedBackend(Backend):
                 f"{saved['world_size']}; the checkpoint written at the epoch end continues on "
                 "any number of ranks")
 
-    def setup(self, config: Dict[str, Any], table: SampleTable,
-              datasets: Dict[str, DINDataset], output_dir: str) -> None:
-        train_cfg, data_cfg = config["train"], config["data"]
+    def setup(self, config: Dict[str, Any], source: DataSource,
+              splits: Dict[str, SplitData], output_dir: str) -> None:
+        train_cfg = config["train"]
         if train_cfg["regularization"] == "mba":
             raise ValueError(MBA_SHARDED)
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last_dcp")
-        model = DINTrain(build_model(table.vocab, config, device=torch.device("meta")),
-                         grouped_training(data_cfg))
+        model = DINTrain(build_model(source.vocab, config, device=torch.device("meta")),
+                         source.shared_histories)
         emb_opt, emb_lr, note = embedding_optimizer(train_cfg, self.device.type)
         if note and self.main:
             print(f"[sharding] {note}")
         sharders = make_sharders(emb_opt, emb_lr, self.device.type)
-        mean_history = table.summary()["train"]["mean_history"]
+        mean_history = source.summary()["train"]["mean_history"]
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=self.world, compute_device=self.device.type,
                               local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE",
@@ -171,7 +170,7 @@ class ShardedBackend(Backend):
         if saved["world_size"] == self.world:
             torch.set_rng_state(saved["rng"][self.rank])
 
-    def train_batches(self, loader: Any) -> Iterator[Tuple[torch.Tensor, int]]:
+    def train_batches(self, loader: EpochLoader) -> Iterator[Tuple[torch.Tensor, int]]:
         if not self.attached:
             self.pipeline.attach(self.dmp)
             self.attached = True
@@ -187,7 +186,7 @@ class ShardedBackend(Backend):
         self.pipeline.detach()
         self.attached = False
 
-    def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
+    def predict(self, split: SplitData, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
         """Every rank scores a contiguous part; rank 0 gets all logits."""
         self.sync_statistics()  # one model on every rank
@@ -195,7 +194,7 @@ class ShardedBackend(Backend):
         start = time.perf_counter()
         self.dmp.eval()
         with torch.no_grad():
-            for batch, scored in self._eval_batches(dataset, batch_size):
+            for batch, scored in split.eval_batches():
                 _, (_, out, _) = self.dmp(batch.to(self.device))
                 if scored:
                     logits.append(out.cpu().numpy())
@@ -204,22 +203,6 @@ class ShardedBackend(Backend):
         gathered = self.gather(local)
         self.dmp.train()
         return (np.concatenate(gathered) if self.main else None), elapsed
-
-    def _eval_batches(self, dataset: Any, batch_size: int) -> Iterator[Tuple[Any, bool]]:
-        """This rank's part of the split as (batch, scored) pairs, the same number on every
-        rank: the sharded forward is collective."""
-        if not isinstance(dataset, DINDataset):
-            # Streaming: the dataset is already this rank's part, with equal batch counts.
-            for batch in make_data_loader(dataset, 0, False, 0, 0):
-                yield batch, True
-            return
-        parts = np.array_split(np.arange(len(dataset)), self.world)
-        num_batches = max((p.size + batch_size - 1) // batch_size for p in parts)
-        mine = parts[self.rank]
-        for i in range(num_batches):
-            chunk = mine[i * batch_size:(i + 1) * batch_size]
-            # A rank out of samples runs a dummy batch whose scores are dropped.
-            yield dataset[chunk if chunk.size else parts[0][:1]], bool(chunk.size)
 
     def save_progress(self, record: Dict[str, Any]) -> None:
         # Model + fused optimizer state sharded, and (rank 0) the rest in the same folder,

@@ -71,8 +71,9 @@ DEFAULTS: Dict[str, Any] = {
     },
     "train": {
         "epochs": 5,                  # the cap; with patience > 0 training may stop earlier
-        "patience": 0,                # stop when validation GAUC has not improved this many
-                                      # epochs (0: always train all epochs)
+        "patience": 0,                # stop when the selection metric on validation has not
+                                      # improved this many epochs (0: always train all epochs)
+        "select_metric": "gauc",      # gauc | auc | logloss: picks the best epoch (validation)
         "batch_size": 256,
         "eval_batch_size": 2048,
         "optimizer": "adam",          # adam | adagrad | sgd
@@ -108,7 +109,8 @@ NULLABLE: Dict[str, type] = {
     "train.embedding_learning_rate": float,
 }
 # Keys that take one of a few values of mixed types.
-CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False)}
+CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False),
+                             "train.select_metric": ("gauc", "auc", "logloss")}
 # Lower bounds checked at load (inclusive), before any data is built.
 MINIMUM: Dict[str, float] = {
     "seed": 0, "data.valid_per_user": 0, "data.test_per_user": 1, "data.max_history": 0,

@@ -1,5 +1,4 @@
-"""Single-process training: the engine's :class:`LocalBackend`, the optimizer and regulariser
-choices, and batch prediction."""
+"""Single-process training: the engine's :class:`LocalBackend` and batch prediction."""
 
 import os
 import time
@@ -7,87 +6,21 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from torchrec_din.data.loader import DINDataset
-from torchrec_din.data.samples import SampleTable
+from torchrec_din.batch import DINBatch
+from torchrec_din.data.source import DataSource, EpochLoader, SplitData
 from torchrec_din.models import compile_dense, DINModel, DINTrain
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import resolve_device
-from torchrec_din.train.checkpoint import atomic_save, load_checkpoint
-from torchrec_din.train.engine import (  # noqa: F401  (re-exported for callers of train.loop)
-    Backend,
-    TrainingInterrupted,
-    early_stop,
-    grouped_training,
-    make_data_loader,
-    make_datasets,
-    plot_curves,
-    run_training,
-)
-from torchrec_din.train.regularization import MiniBatchAwareL2, training_frequencies
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter],
-                   train_cfg: Dict[str, Any]) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params``; plain L2 (``regularization: l2``) is weight decay,
-    while "mba" regularises embeddings in the loss."""
-    optimizers = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    name = train_cfg["optimizer"]
-    if name not in optimizers:
-        raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
-    return optimizers[name](params, lr=train_cfg["learning_rate"],
-                            weight_decay=_weight_decay(train_cfg))
-
-
-def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any]) -> None:
-    """Set learning rate and weight decay from ``train_cfg`` on a (restored) optimizer."""
-    for group in optimizer.param_groups:
-        group["lr"] = train_cfg["learning_rate"]
-        if "weight_decay" in group:
-            group["weight_decay"] = _weight_decay(train_cfg)
-
-
-def _weight_decay(train_cfg: Dict[str, Any]) -> float:
-    # Plain L2 is weight decay; "mba" regularises embeddings in the loss instead.
-    return train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0
-
-
-def make_regularizer(model: DINModel, source: Any, train: Any,
-                     train_cfg: Dict[str, Any]) -> Optional[MiniBatchAwareL2]:
-    """The MBA regulariser when ``train.regularization=mba`` (None otherwise), with id
-    frequencies counted over the training split (in memory, or streamed from Parquet)."""
-    kind = train_cfg["regularization"]
-    if kind not in ("none", "l2", "mba"):
-        raise ValueError(f"train.regularization must be none, l2 or mba, got {kind!r}")
-    if kind != "mba":
-        return None
-    weights: Dict[str, torch.Tensor] = {}
-    features: Dict[str, List[str]] = {}
-    rows: Dict[str, int] = {}
-    for name, module in model.embedding_collection.embeddings.items():
-        weights[name] = module.weight
-    for cfg in model.embedding_collection.embedding_configs():
-        features[cfg.name] = list(cfg.feature_names)
-        rows[cfg.name] = cfg.num_embeddings
-    if model.embedding_bag_collection is not None:
-        for name, module in model.embedding_bag_collection.embedding_bags.items():
-            weights[name] = module.weight
-        for cfg in model.embedding_bag_collection.embedding_bag_configs():
-            features[cfg.name] = list(cfg.feature_names)
-            rows[cfg.name] = cfg.num_embeddings
-    if isinstance(source, SampleTable):
-        frequencies = training_frequencies(source, train.rows, train.schema, rows)
-    else:  # Parquet: one streamed pass over the id columns
-        by_feature = {f: rows[t] for t, fs in features.items() for f in fs}
-        counts = source.count_ids("train", list(by_feature), by_feature)
-        frequencies = {t: sum(counts[f] for f in fs) for t, fs in features.items()}
-    return MiniBatchAwareL2(weights, features, frequencies, train_cfg["l2_lambda"])
+from torchrec_din.build import build_model
+from torchrec_din.config import resolve_device
+from torchrec_din.io import atomic_save, load_checkpoint
+from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.optim import apply_train_config, make_optimizer
+from torchrec_din.train.regularization import make_regularizer
 
 
 @torch.no_grad()
-def predict(model: DINModel, loader: DataLoader, progress: bool = False,
+def predict(model: DINModel, loader: Iterable[DINBatch], progress: bool = False,
             desc: str = "eval") -> Tuple[np.ndarray, np.ndarray, float]:
     """Logits and labels over a loader (in order), and samples per second."""
     model.eval()
@@ -127,24 +60,23 @@ class LocalBackend(Backend):
         if saved["world_size"] != 1:
             raise ValueError(f"{self.progress_path} is not a single-process checkpoint")
 
-    def setup(self, config: Dict[str, Any], table: SampleTable,
-              datasets: Dict[str, DINDataset], output_dir: str) -> None:
+    def setup(self, config: Dict[str, Any], source: DataSource,
+              splits: Dict[str, SplitData], output_dir: str) -> None:
         train_cfg, data_cfg = config["train"], config["data"]
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last.pt")
         self.device = resolve_device(train_cfg["device"])
-        self.model = build_model(table.vocab, config, self.device)  # SampleTable or Parquet
+        self.model = build_model(source.vocab, config, self.device)
         self.compiled = bool(train_cfg["compile"])
         self._compile_reported = False  # the first step's compile time is printed once
         if self.compiled:
             compile_dense(self.model)
-        self.train_model = DINTrain(self.model, grouped_training(data_cfg))
+        self.train_model = DINTrain(self.model, source.shared_histories)
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
-        self.regularizer = make_regularizer(self.model, table, datasets["train"], train_cfg)
-        self.eval_loaders = {
-            id(datasets[s]): make_data_loader(datasets[s], train_cfg["eval_batch_size"], False,
-                                              int(config["seed"]), int(data_cfg["num_workers"]))
-            for s in ("valid", "test")}
+        self.regularizer = make_regularizer(self.model, source, train_cfg)
+        self.eval_loaders = {id(splits[s]): splits[s].loader(int(config["seed"]),
+                                                             int(data_cfg["num_workers"]))
+                             for s in ("valid", "test")}
 
     def restore_progress(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
         self.model.load_state_dict(saved["model"])
@@ -152,7 +84,7 @@ class LocalBackend(Backend):
         apply_train_config(self.optimizer, config["train"])  # a changed learning rate applies
         torch.set_rng_state(saved["rng"])
 
-    def train_batches(self, loader: DataLoader) -> Iterator[Tuple[torch.Tensor, int]]:
+    def train_batches(self, loader: EpochLoader) -> Iterator[Tuple[torch.Tensor, int]]:
         self.model.train()
         first = self.compiled and not self._compile_reported
         for batch in loader:
@@ -175,16 +107,15 @@ class LocalBackend(Backend):
             print(f"[compile] graphs compiled so far: {counters['stats']['unique_graphs']} "
                   f"(more than the first epoch's means ragged batches recompiled)")
 
-    def predict(self, dataset: DINDataset, batch_size: int, progress: bool,
+    def predict(self, split: SplitData, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
-        loader = self.eval_loaders.get(id(dataset)) or make_data_loader(dataset, batch_size,
-                                                                        False, 0, 0)
+        loader = self.eval_loaders.get(id(split)) or split.loader(0, 0)
         start = time.perf_counter()
         logits, labels, _ = predict(self.model, loader, progress, desc)
         elapsed = time.perf_counter() - start
         # Metrics pair logits with the split's labels and groups by position: a loader that
         # yields out of order would give silently wrong metrics, so check the labels it gave.
-        if not np.array_equal(labels, np.asarray(dataset.labels(), labels.dtype)):
+        if not np.array_equal(labels, np.asarray(split.labels(), labels.dtype)):
             raise RuntimeError(f"{desc}: the loader's batches are not in the split's order "
                                "(their labels differ from the split's); metrics would pair "
                                "predictions with the wrong labels")

@@ -18,18 +18,16 @@ from torchrec_din.distributed import (
     make_sharders,
     planner_constraints,
 )
-from torchrec_din.train.builder import build_model
-from torchrec_din.train.config import TABLE_KEYS
-
+from torchrec_din.build import build_model
+from torchrec_din.config import check_tables
 
 
 def table_overrides(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    tables = config.get("tables") or {}
-    for name, spec in tables.items():
-        if not isinstance(spec, dict) or any(k not in TABLE_KEYS for k in spec):
-            raise ValueError(f"tables.{name} must be a mapping with keys from {list(TABLE_KEYS)}, "
-                             f"got {spec!r}")
-    return tables
+    """The config's ``tables:`` settings, checked against its feature schema (the same
+    check ``load_config`` runs, for configs built without it)."""
+    config = {**config, "tables": config.get("tables") or {}}
+    check_tables(config, FeatureSchema.from_config(config["features"]))
+    return config["tables"]
 
 
 def embedding_optimizer(train: Dict[str, Any], device_type: str) -> Tuple[str, float, str]:
