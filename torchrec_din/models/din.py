@@ -8,7 +8,7 @@ from torchrec.modules.embedding_modules import (
     EmbeddingBagCollection,
     EmbeddingCollection,
 )
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from torchrec_din.batch import DINBatch
 from torchrec_din.checks import (
@@ -134,13 +134,8 @@ class DINModel(nn.Module):
         pooled_features: Optional[KeyedJaggedTensor] = None,
         dense_features: Optional[Tensor] = None,
     ) -> Tensor:
-        if self.validate_inputs:
-            check_kjt(sequence_features, "sequence_features", self.sequence_rows,
-                      self.feature_tables)
-        embeddings = self.embedding_collection(sequence_features)
-        candidates = self.interaction.candidates(embeddings)
-        return self._over_arch(candidates, self.interaction(embeddings), pooled_features,
-                               dense_features, None, sequence_features.stride())
+        return self.forward_with_lookups(sequence_features, pooled_features,
+                                         dense_features, False)[0]
 
     @torch.jit.export
     def forward_grouped(
@@ -153,40 +148,67 @@ class DINModel(nn.Module):
         per sample, histories, pooled and dense features one per sample (B rows). Each
         history is looked up and attended to once per behaviour where the attention allows;
         equal to giving every candidate its own row."""
+        return self.forward_with_lookups(sequence_features, pooled_features, dense_features,
+                                         True)[0]
+
+    @torch.jit.export
+    def forward_with_lookups(
+        self,
+        sequence_features: KeyedJaggedTensor,
+        pooled_features: Optional[KeyedJaggedTensor] = None,
+        dense_features: Optional[Tensor] = None,
+        grouped: bool = False,
+    ) -> Tuple[Tensor, Dict[str, JaggedTensor], Dict[str, Tensor]]:
+        """Logits (:meth:`forward`, or :meth:`forward_grouped` when ``grouped``) and what
+        the collections returned: the EmbeddingCollection's output by feature (one row per
+        id) and the EmbeddingBagCollection's by feature ([B, D] per bag), e.g. for a loss
+        term on the looked-up rows (mini-batch aware regularisation of sharded tables)."""
         if self.validate_inputs:
             check_kjt(sequence_features, "sequence_features", self.sequence_rows,
                       self.feature_tables)
         embeddings = self.embedding_collection(sequence_features)
-        candidates = self.interaction.candidates_grouped(embeddings)
-        return self._over_arch(candidates, self.interaction.forward_grouped(embeddings),
-                               pooled_features, dense_features,
-                               self.interaction.history_of_candidates(embeddings),
-                               sequence_features.stride())
+        batch_size = sequence_features.stride()
+        pooled = self._pooled(pooled_features, batch_size)
+        if grouped:
+            logits = self._over_arch(self.interaction.candidates_grouped(embeddings),
+                                     self.interaction.forward_grouped(embeddings), pooled,
+                                     dense_features,
+                                     self.interaction.history_of_candidates(embeddings))
+        else:
+            logits = self._over_arch(self.interaction.candidates(embeddings),
+                                     self.interaction(embeddings), pooled, dense_features, None)
+        return logits, embeddings, pooled
+
+    def _pooled(self, pooled_features: Optional[KeyedJaggedTensor],
+                batch_size: int) -> Dict[str, Tensor]:
+        """The bag collection's output by feature ({} without one); ``batch_size``: samples
+        (histories) of the sequence features, B."""
+        ebc = self.embedding_bag_collection
+        out: Dict[str, Tensor] = {}
+        if ebc is None:
+            return out
+        if self.validate_inputs:
+            check_kjt(pooled_features, "pooled_features", self.pooled_rows, self.feature_tables)
+        # Index by key: a sharded collection may return its keys in another order.
+        bags: Dict[str, Tensor] = ebc(_required_kjt(pooled_features, "pooled_features")).to_dict()
+        for key in self.pooled_keys:
+            check_pooled_rows(bags[key].size(0), batch_size, key)
+            out[key] = bags[key]
+        return out
 
     def _over_arch(
         self,
         candidates: Tensor,
         interest: Tensor,
-        pooled_features: Optional[KeyedJaggedTensor],
+        pooled: Dict[str, Tensor],
         dense_features: Optional[Tensor],
         rows: Optional[Tensor],
-        batch_size: int,
     ) -> Tensor:
         """[candidates, interest, pooled, dense] -> logits; ``rows`` maps each output row to
-        its sample's pooled and dense row (grouped form), None when they are the same;
-        ``batch_size``: samples (histories) of the sequence features, B."""
+        its sample's pooled and dense row (grouped form), None when they are the same."""
         parts: List[Tensor] = [candidates, interest]
-        ebc = self.embedding_bag_collection
-        if ebc is not None:
-            if self.validate_inputs:
-                check_kjt(pooled_features, "pooled_features", self.pooled_rows,
-                          self.feature_tables)
-            # Index by key: a sharded collection may return its keys in another order.
-            pooled: Dict[str, Tensor] = ebc(
-                _required_kjt(pooled_features, "pooled_features")).to_dict()
-            for key in self.pooled_keys:
-                check_pooled_rows(pooled[key].size(0), batch_size, key)
-                parts.append(pooled[key] if rows is None else pooled[key].index_select(0, rows))
+        for key in self.pooled_keys:
+            parts.append(pooled[key] if rows is None else pooled[key].index_select(0, rows))
         if self.dense_in_features > 0:
             dense = _required(dense_features, "dense_features")
             # Grouped form: one dense row per history, checked before it is spread.
@@ -306,13 +328,19 @@ class DINTrain(nn.Module):
         model (DINModel): DIN or BaseModel.
         grouped (bool): batches carry K_b candidates per history
             (:meth:`DINModel.forward_grouped`); labels are then [K].
+        penalty (Optional[nn.Module]): a loss term on what the collections looked up for
+            the batch, called as ``penalty(batch, embeddings, pooled)`` with the
+            EmbeddingCollection's output by feature and the EmbeddingBagCollection's (see
+            :meth:`DINModel.forward_with_lookups`); it works on sharded collections too,
+            where the tables are no autograd leaves.
 
     Call args:
         batch: anything with ``sequence_features``, ``pooled_features``,
         ``dense_features`` and ``labels`` ([B] float in {0, 1}), e.g. ``DINBatch``.
 
     Returns:
-        Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: (loss, (detached loss, logits, labels)).
+        Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]: (loss, (detached loss, logits,
+        labels)), the penalty included in both.
 
     Example::
 
@@ -320,24 +348,22 @@ class DINTrain(nn.Module):
         loss, (_, logits, labels) = train_model(batch)
     """
 
-    def __init__(self, model: DINModel, grouped: bool = False) -> None:
+    def __init__(self, model: DINModel, grouped: bool = False,
+                 penalty: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.model = model
         self.grouped = grouped
+        self.penalty = penalty
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def forward(self, batch: DINBatch) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]:
-        if self.grouped:
-            logits = self.model.forward_grouped(
-                batch.sequence_features, batch.pooled_features, batch.dense_features)
-        else:
-            logits = self.model(
-                batch.sequence_features, batch.pooled_features, batch.dense_features
-            )
+        logits, embeddings, pooled = self.model.forward_with_lookups(
+            batch.sequence_features, batch.pooled_features, batch.dense_features, self.grouped)
         if self.model.validate_inputs:
             check_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)
-        return loss, (loss.detach(), logits.detach(), batch.labels.detach())
+        total = loss if self.penalty is None else loss + self.penalty(batch, embeddings, pooled)
+        return total, (total.detach(), logits.detach(), batch.labels.detach())
 
 
 def compile_dense(model: DINModel, dynamic: bool = True) -> None:

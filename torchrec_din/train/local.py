@@ -16,7 +16,7 @@ from torchrec_din.config import resolve_device
 from torchrec_din.io import atomic_save, load_checkpoint
 from torchrec_din.train.engine import Backend, run_training
 from torchrec_din.train.optim import apply_train_config, make_optimizer
-from torchrec_din.train.regularization import make_regularizer
+from torchrec_din.train.regularization import make_regularizer, MBAPenalty, table_weights
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def predict(model: DINModel, loader: Iterable[DINBatch], progress: bool = False,
 class LocalBackend(Backend):
     """One process: a plain optimizer over every parameter, ``torch.save`` checkpoints
     (``last.pt``: model, optimizer, RNG and progress; ``best.pt``: the best epoch's model),
-    and the MBA regulariser when ``train.regularization=mba``."""
+    and the MBA penalty on the tables' rows when ``train.regularization=mba``."""
 
     def __init__(self) -> None:
         self.model: Optional[DINModel] = None
@@ -71,9 +71,11 @@ class LocalBackend(Backend):
         self._compile_reported = False  # the first step's compile time is printed once
         if self.compiled:
             compile_dense(self.model)
-        self.train_model = DINTrain(self.model, source.shared_histories)
+        mba = make_regularizer(self.model, source, train_cfg)
+        penalty = None if mba is None else MBAPenalty(mba.to(self.device),
+                                                     table_weights(self.model))
+        self.train_model = DINTrain(self.model, source.shared_histories, penalty)
         self.optimizer = make_optimizer(self.model.parameters(), train_cfg)
-        self.regularizer = make_regularizer(self.model, source, train_cfg)
         self.eval_loaders = {id(splits[s]): splits[s].loader(int(config["seed"]),
                                                              int(data_cfg["num_workers"]))
                              for s in ("valid", "test")}
@@ -90,9 +92,7 @@ class LocalBackend(Backend):
         for batch in loader:
             start = time.perf_counter()
             batch = batch.to(self.device, non_blocking=True)
-            loss, _ = self.train_model(batch)
-            if self.regularizer is not None:
-                loss = loss + self.regularizer([batch.sequence_features, batch.pooled_features])
+            loss, _ = self.train_model(batch)  # the MBA penalty included
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()

@@ -42,18 +42,17 @@ from torchrec_din.build import build_model
 from torchrec_din.io import CheckpointError, atomic_save, load_checkpoint
 from torchrec_din.train.engine import Backend, run_training
 from torchrec_din.train.optim import apply_train_config, make_optimizer
+from torchrec_din.train.regularization import make_regularizer, MBAPenalty
 from torchrec_din.planning import constraints_for, embedding_optimizer
 
 T = TypeVar("T")
 
-# Why the MBA regulariser is refused here (rather than silently skipped).
-MBA_SHARDED = (
-    "train.regularization=mba is not available with sharded tables: the MBA penalty is a "
-    "loss term on the embedding rows of the batch, but sharded tables are updated by "
-    "FBGEMM's fused optimizer inside the backward pass from the lookup's output gradient "
-    "alone, so a loss on the table weights cannot reach them (and the weights are not "
-    "autograd leaves on any rank). Use train.regularization=l2 (weight decay, applied to the "
-    "dense part) or none, or train with one process")
+# Why MBA is refused with multi-hot pooled features here (rather than silently skipped).
+MBA_MULTI_HOT = (
+    "train.regularization=mba under torchrun takes each table's rows from the sharded "
+    "collections' outputs, and a multi-hot pooled feature's output is the sum of its bag, not "
+    "its rows: {features}. Use train.regularization=l2 or none, or train with one process "
+    "(which regularises every id of a bag)")
 
 
 class ShardedBackend(Backend):
@@ -124,8 +123,9 @@ class ShardedBackend(Backend):
     def setup(self, config: Dict[str, Any], source: DataSource,
               splits: Dict[str, SplitData], output_dir: str) -> None:
         train_cfg = config["train"]
-        if train_cfg["regularization"] == "mba":
-            raise ValueError(MBA_SHARDED)
+        multi_hot = list(source.meta.get("multi_hot", []))
+        if train_cfg["regularization"] == "mba" and multi_hot:
+            raise ValueError(MBA_MULTI_HOT.format(features=multi_hot))
         self.output_dir = output_dir
         self.progress_path = os.path.join(output_dir, "last_dcp")
         model = DINTrain(build_model(source.vocab, config, device=torch.device("meta")),
@@ -144,7 +144,12 @@ class ShardedBackend(Backend):
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
         if self.main:
             print(f"[plan]\n{plan}")
+        mba = make_regularizer(model.model, source, train_cfg)  # before shard() swaps tables
         self.dmp = shard(model, plan, sharders, device=self.device)
+        if mba is not None:
+            # After sharding: DMP materialises the meta model's own buffers, not these. The
+            # penalty reaches the sharded rows through their lookups' gradients.
+            self.dmp.module.penalty = MBAPenalty(mba.to(self.device))
         if train_cfg["compile"]:
             # The dense part (interaction, over arch) under torch.compile, inside the pipeline:
             # TrainPipelineSparseDist traces the model with the sharded collections as leaves
