@@ -1,5 +1,5 @@
 """The feature schema: which columns feed which tables, attention groups, pooled and dense
-inputs. Everything that touches features reads it: tables and model (``train.builder``),
+inputs. Everything that touches features reads it: tables and model (``torchrec_din.build``),
 loaders (in-memory and Parquet), the MBA regulariser, the popularity baseline, metrics
 (GAUC groups), the Parquet converter and the sharding planner's pooling factors.
 
