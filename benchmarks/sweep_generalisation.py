@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--report-test", action="store_true",
                         help="after choosing on validation, print the winner's test metrics")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--select", choices=["gauc", "auc"], default="gauc",
+                        help="the validation metric (mean over seeds) that picks the winner")
     args = parser.parse_args()
     name = os.path.splitext(os.path.basename(args.config))[0]
     rows: List[Dict[str, Any]] = []
@@ -92,12 +94,12 @@ def main() -> None:
                      "gauc": statistics.mean(valid_gauc),
                      "share": statistics.mean(share) if share else None,
                      "epochs": epochs, "tests": tests})
-    winner = max(rows, key=lambda r: r["gauc"])
+    winner = max(rows, key=lambda r: r[args.select])
     lines = [f"`{args.config}`, seeds {args.seeds}, early stopping (patience 2, cap 20); "
-             "selected on validation GAUC", "",
+             f"selected on validation {args.select.upper()}", "",
              "| recipe | overrides | valid AUC | valid GAUC | share of the possible AUC lift "
              "(valid) | best epochs |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: -r["gauc"]):
+    for r in sorted(rows, key=lambda r: -r[args.select]):
         mark = " **(chosen)**" if r is winner else ""
         share = f"{r['share']:.0%}" if r["share"] is not None else "-"
         lines.append(f"| {r['recipe']}{mark} | `{' '.join(RECIPES[r['recipe']]) or '-'}` | "
