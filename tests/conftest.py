@@ -10,6 +10,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def load_example(name: str):
+    """``examples/<name>.py`` as a module (the examples are scripts, not a package). Test
+    modules import it as ``from conftest import load_example``: tests/ is on sys.path (also
+    in the worker processes of run_multi_process_func, which inherit it)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(root, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _sigterm_once_written(cmd, path, timeout=300):
     """Start ``cmd``, send it SIGTERM as soon as ``path`` exists (a first checkpoint), and
     return (exit code, combined output)."""

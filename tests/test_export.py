@@ -2,9 +2,6 @@
 BaseModel, a user's own ranker holding DINInteraction and the grouped scorer export, save,
 load and equal eager on batches of other sizes, empty histories included."""
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -12,7 +9,8 @@ from torchrec_din.export import dynamic_shapes, export_model, load_program, save
 from torchrec_din.models import BaseModel, DIN
 from torchrec_din.testing.toy import TOY_GROUPS, toy_batch, toy_collections
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_example  # tests/conftest.py
+
 OTHER_BATCHES = [[2, 9, 0, 4], [0, 0, 0], list(range(40)), [1] * 64, [5], [0]]
 
 
@@ -69,10 +67,7 @@ def test_dynamic_shapes_marks_every_kjt_leaf() -> None:
 
 
 def test_users_own_ranker_exports(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "your_own_model", os.path.join(ROOT, "examples", "your_own_model.py"))
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("your_own_model")
     torch.manual_seed(0)
     scorer = example.Scorer(example.MyRanker()).eval()
     g = torch.Generator().manual_seed(1)

@@ -1,28 +1,18 @@
 """The grouped form for a user's own model (torchrec_din.grouped): K_u candidates against
 one history per user score as one row per candidate does."""
 
-import importlib.util
-import os
-
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_din.grouped import pooled_kjt, request_kjt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_example  # tests/conftest.py
+
 # per user: click items, buy items, candidate items, user, hour
 USERS = [([5, 9, 31], [9], [40, 41, 5], 3, 7),
          ([], [3, 4], [7, 8], 1, 0),
          ([1], [], [2], 9, 23),
          (list(range(10, 40)), [11, 12], [11, 59, 60, 61], 0, 12)]
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "your_own_model", os.path.join(ROOT, "examples", "your_own_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _request(example, users, seed=0):
@@ -45,7 +35,7 @@ def _request(example, users, seed=0):
 
 
 def test_own_ranker_grouped_scores_equal_one_row_per_candidate() -> None:
-    example = _example()
+    example = load_example("your_own_model")
     torch.manual_seed(0)
     model = example.MyRanker().eval()
     cates = example.CATES
@@ -97,7 +87,7 @@ def test_own_ranker_grouped_form_exports_the_pt2_way(tmp_path) -> None:
     to eager after save / load."""
     from torchrec_din.export import export_model, load_program, save_program
 
-    example = _example()
+    example = load_example("your_own_model")
     torch.manual_seed(0)
     scorer = example.GroupedScorer(example.MyRanker()).eval()
     path = str(tmp_path / "grouped.pt2")

@@ -3,7 +3,6 @@ collections, merged with DINInteraction.merge, fed by a FeatureBatch) trained by
 TrainPipelineSparseDist on 2 ranks equals the unsharded model trained on the same batches."""
 
 import copy
-import importlib.util
 import os
 import re
 
@@ -20,17 +19,11 @@ from torchrec_din.distributed import (
     shard,
 )
 
+from conftest import load_example  # tests/conftest.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LR, STEPS = 0.05, 4
 LENGTHS = [(3, 0, 5, 1, 12, 2), (0, 7, 1, 0, 2, 9)]  # per rank: empty histories included
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location(
-        "mixed_dims", os.path.join(ROOT, "examples", "mixed_dims.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _batch(example, step, rank):
@@ -38,7 +31,7 @@ def _batch(example, step, rank):
 
 
 def _sharded(rank, world_size, initial):
-    example = _example()
+    example = load_example("mixed_dims")
     with MultiProcessContext(rank, world_size, "gloo", use_deterministic_algorithms=False) as ctx:
         torch.manual_seed(0)
         model = example.MixedDimRanker()
@@ -58,7 +51,7 @@ def _sharded(rank, world_size, initial):
 
 
 def test_mixed_dim_recipe_under_the_pipeline_equals_unsharded() -> None:
-    example = _example()
+    example = load_example("mixed_dims")
     torch.manual_seed(0)
     model = example.MixedDimRanker()
     assert model.din.candidate_dim == 40 and model.din.output_dim == 40

@@ -1,20 +1,14 @@
 """The examples run as their docstrings say."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import torch
 
+from conftest import load_example  # tests/conftest.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_your_own_model_under_torchrun(tmp_path) -> None:
@@ -30,7 +24,7 @@ def test_your_own_model_under_torchrun(tmp_path) -> None:
     import fbgemm_gpu  # noqa: F401
 
     served = torch.jit.load(str(tmp_path / "ranker_int8.pt"))
-    example = _example("your_own_model")
+    example = load_example("your_own_model")
     batch = example.make_batch(16, torch.Generator().manual_seed(3))
     scores = served(batch.sequence_features, batch.pooled_features, batch.dense_features)
     assert scores.shape == (16,) and torch.isfinite(scores).all()
