@@ -26,6 +26,7 @@ class MemorySplit:
                  world: int = 1) -> None:
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.rank, self.world = rank, world
+        self._rows: Optional[DINDataset] = None  # one sample per item, for arrow()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -60,10 +61,10 @@ class MemorySplit:
     def arrow(self, start: int, stop: int) -> Any:
         from torchrec_din.data.convert import split_table
 
-        ds = self.dataset
-        if ds.group_histories:  # rows in the split's order, one sample per row
-            ds = DINDataset(ds.table, ds.split, ds.schema)
-        return split_table(ds, np.arange(start, stop))
+        if self._rows is None:  # rows in the split's order, one sample per row; built once
+            ds = self.dataset
+            self._rows = DINDataset(ds.table, ds.split, ds.schema) if ds.group_histories else ds
+        return split_table(self._rows, np.arange(start, stop))
 
 
 class MemorySource:

@@ -39,9 +39,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from torch.utils.data import IterableDataset, get_worker_info
+from torch import Generator
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from torchrec_din.data.collate import build_batch, DINBatch
+from torchrec_din.data.loader import _identity
 from torchrec_din.data.samples import range_positions
 from torchrec_din.data.schema import FeatureSchema
 from torchrec_din.data.source import EpochLoader, NotConvertible
@@ -513,11 +515,6 @@ class ParquetDataset(IterableDataset):
         itself). Not persistent: each epoch's workers get the dataset as ``set_epoch`` left
         it. Its own generator: otherwise starting workers draws from the global RNG, and a
         resumed run's dropout masks would differ from an uninterrupted run's."""
-        from torch import Generator
-        from torch.utils.data import DataLoader
-
-        from torchrec_din.data.loader import _identity
-
         dl = DataLoader(self, batch_size=None, num_workers=workers, collate_fn=_identity,
                         generator=Generator().manual_seed(seed))
         return EpochLoader(dl, self)
@@ -531,8 +528,8 @@ class ParquetDataset(IterableDataset):
         return self.split.column(feature)
 
     def arrow(self, start: int, stop: int) -> Any:
-        raise NotConvertible(f"convert writes a built-in data set; this config already reads "
-                         f"Parquet ({self.split.name}: {self.split.files[:2]})")
+        raise NotConvertible(f"convert writes a built-in data set; this config already "
+                             f"reads Parquet ({self.split.name}: {self.split.files[:2]})")
 
 
 class ParquetSource:
@@ -544,6 +541,8 @@ class ParquetSource:
         schema (FeatureSchema): the features.
         vocab (Dict[str, int]): rows of every table.
     """
+
+    shared_histories = False  # one sample per row
 
     def __init__(self, data_cfg: Dict[str, Any], schema: FeatureSchema,
                  vocab: Dict[str, int]) -> None:
@@ -572,10 +571,11 @@ class ParquetSource:
                         "measured on training rows")
                 owner[real] = name
             self.file_splits[name] = split
+        parts = self.file_splits.values()
         self.meta: Dict[str, Any] = {"dataset": "parquet", "protocol": "files",
                                      "files": {k: v.files for k, v in self.file_splits.items()},
                                      "multi_hot": [p for p in schema.pooled if any(
-                                         v.kinds[p] == "list<int>" for v in self.file_splits.values())]}
+                                         v.kinds[p] == "list<int>" for v in parts)]}
 
     def summary(self) -> Dict[str, Dict[str, Any]]:
         """Rows per split, and the mean history length of the first row group of train."""
@@ -588,8 +588,6 @@ class ParquetSource:
             lengths = np.minimum(lengths, self.max_history)
         out["train"]["mean_history"] = float(lengths.mean()) if lengths.size else 0.0
         return out
-
-    shared_histories = False  # one sample per row
 
     def splits(self, batch_sizes: Dict[str, int], seed: int, rank: int,
                world: int) -> Dict[str, "ParquetDataset"]:

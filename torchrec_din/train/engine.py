@@ -269,10 +269,11 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
     """The epoch loop of :func:`run_training`, once the run folder is started."""
     data_cfg, train_cfg = config["data"], config["train"]
     main = backend.main
+    summary = source.summary()  # once: a Parquet source reads a row group for it
     if main:
-        _print_data(source, data_cfg)
+        _print_data(source.meta, summary, data_cfg)
 
-    record = RunRecord(train_cfg["select_metric"], source.summary(), source.meta, backend.world)
+    record = RunRecord(train_cfg["select_metric"], summary, source.meta, backend.world)
     start_epoch, start_batch = 0, 0
     totals = _zero_totals()
     if saved is not None:
@@ -381,8 +382,7 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
     return record.results
 
 
-def _print_data(source: DataSource, data_cfg: Dict[str, Any]) -> None:
-    meta, summary = source.meta, source.summary()
+def _print_data(meta: Dict[str, Any], summary: Dict[str, Any], data_cfg: Dict[str, Any]) -> None:
     print(f"[data] {meta.get('dataset', data_cfg['dataset'])} protocol={meta.get('protocol')}: "
           + ", ".join(f"{k} {v['samples']} samples"
                       + (f" / {v['users']} users" if "users" in v else "")

@@ -39,7 +39,6 @@ def predict(model: DINModel, loader: Iterable[DINBatch], progress: bool = False,
     return out, lab, out.size / max(elapsed, 1e-9)
 
 
-
 class LocalBackend(Backend):
     """One process: a plain optimizer over every parameter, ``torch.save`` checkpoints
     (``last.pt``: model, optimizer, RNG and progress; ``best.pt``: the best epoch's model),

@@ -111,7 +111,7 @@ class MiniBatchAwareL2(nn.Module):
             term = (rows.pow(2).sum(1) * inv / occurrences(ids)).sum()
             total = term if total is None else total + term
         if total is None:  # nothing looked up in a regularised table
-            return torch.zeros((), device=getattr(self, f"inv_freq_{next(iter(self.features))}").device)
+            return torch.zeros((), device=next(self.buffers()).device)
         return self.strength * total
 
 
