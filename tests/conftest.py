@@ -31,8 +31,11 @@ def _sigterm_once_written(cmd, path, timeout=300):
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # The child computes with this process's thread count (set above; an OMP_NUM_THREADS
+    # in the environment would otherwise give it another), so the float sums of a run it
+    # starts match the ones this process computes bit for bit.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + timeout
     while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -199,8 +199,51 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-def _zero_totals() -> Dict[str, float]:
-    return {"loss": 0.0, "samples": 0, "elapsed": 0.0}
+class _EpochTotals:
+    """The epoch's training loss sum, sample count and seconds so far, as the host has read
+    them. A mid-epoch checkpoint keeps them (:meth:`state`), so a resumed epoch reports the
+    same mean loss and speed as an uninterrupted one."""
+
+    def __init__(self, loss: float = 0.0, samples: int = 0, elapsed: float = 0.0) -> None:
+        self.loss, self.samples, self.elapsed = float(loss), int(samples), float(elapsed)
+
+    @classmethod
+    def from_state(cls, state: Dict[str, float]) -> "_EpochTotals":
+        return cls(state["loss"], int(state["samples"]), state["elapsed"])
+
+    def state(self) -> Dict[str, float]:
+        return {"loss": self.loss, "samples": self.samples, "elapsed": self.elapsed}
+
+    def postfix(self) -> Dict[str, str]:
+        """The progress bar's running loss and speed."""
+        return {"loss": f"{self.loss / max(self.samples, 1):.4f}",
+                "samples_per_s": f"{self.samples / max(self.elapsed, 1e-9):.0f}"}
+
+
+class _LossWindow:
+    """The weighted losses of the batches since the host last read them, summed on the
+    device so that a training step does no host sync (read every train.sync_every steps)."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first  # the window's first batch, 1-based within the epoch
+        self.sum: Optional[torch.Tensor] = None
+        self.samples = 0
+
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        weighted = loss.detach() * n
+        self.sum = weighted if self.sum is None else self.sum + weighted
+        self.samples += n
+
+    def open(self, step: int) -> bool:
+        """Whether batches up to ``step`` are still unread."""
+        return self.first <= step
+
+    def read(self, step: int) -> Tuple[float, int, int]:
+        """(loss sum, samples, first batch) of the window ending at ``step``; starts the
+        next window. The one host sync of the window."""
+        out = (float(self.sum) if self.sum is not None else 0.0, self.samples, self.first)
+        self.first, self.sum, self.samples = step + 1, None, 0
+        return out
 
 
 def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
@@ -275,13 +318,13 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
 
     record = RunRecord(train_cfg["select_metric"], summary, source.meta, backend.world)
     start_epoch, start_batch = 0, 0
-    totals = _zero_totals()
+    totals = _EpochTotals()
     if saved is not None:
         backend.restore_progress(saved, config)
         record.restore(saved, backend.world)
         start_epoch, start_batch = saved["epoch"], saved["batch"]
         if start_batch:  # check_resume refused a changed world size mid-epoch
-            totals = saved["totals"][backend.rank]
+            totals = _EpochTotals.from_state(saved["totals"][backend.rank])
     progress = bool(train_cfg["progress"]) and main
     checkpoint_every = int(train_cfg["checkpoint_every"])
     sync_every = int(train_cfg["sync_every"])
@@ -289,7 +332,7 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
 
     def save_progress(epoch: int, batch: int) -> None:
         backend.save_progress({
-            "epoch": epoch, "batch": batch, "totals": backend.gather(dict(totals)),
+            "epoch": epoch, "batch": batch, "totals": backend.gather(totals.state()),
             "record": record.state(), "config": config, "world_size": backend.world})
         folder.commit()
 
@@ -302,22 +345,21 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
                 break
             skip = start_batch if epoch == start_epoch else 0
             if skip == 0:
-                totals = _zero_totals()
+                totals = _EpochTotals()
             loader.set_epoch(epoch, skip)
             bar = tqdm(total=skip + len(loader), initial=skip, desc=f"epoch {epoch}",
                        disable=not progress, mininterval=1.0, unit="batch")
-            start = time.perf_counter() - totals["elapsed"]
+            start = time.perf_counter() - totals.elapsed
             step = skip
             # Losses stay on the device between syncs: the host reads them (and the ranks
             # agree on stopping) every train.sync_every steps, at checkpoints and at the end.
-            pending: Dict[str, Any] = {"sum": None, "n": 0, "first": step + 1}
+            window = _LossWindow(step + 1)
 
             def sync(step: int) -> bool:
                 """Read the pending losses; raise on a non-finite one; True: stop now."""
                 backend.sync_statistics()
-                value = float(pending["sum"]) if pending["sum"] is not None else 0.0
+                value, samples, first = window.read(step)
                 stopping, bad = backend.any([stop.signal is not None, not math.isfinite(value)])
-                first = pending["first"]
                 if bad:
                     bar.close()
                     where = f"batch {step}" if first == step else f"batches {first}-{step}"
@@ -327,21 +369,16 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
                         f"nothing was saved after it. The last good progress is "
                         f"{backend.progress_path} (resume with --resume after lowering the "
                         f"learning rate; train.sync_every=1 names the exact batch)")
-                totals["loss"] += value
-                totals["samples"] += pending["n"]
-                totals["elapsed"] = time.perf_counter() - start
+                totals.loss += value
+                totals.samples += samples
+                totals.elapsed = time.perf_counter() - start
                 bar.update(step - first + 1)
-                bar.set_postfix(loss=f"{totals['loss'] / max(totals['samples'], 1):.4f}",
-                                samples_per_s=f"{totals['samples'] / totals['elapsed']:.0f}",
-                                refresh=False)
-                pending.update(sum=None, n=0, first=step + 1)
+                bar.set_postfix(totals.postfix(), refresh=False)
                 return stopping
 
             for loss, n in backend.train_batches(loader):
                 step += 1
-                weighted = loss.detach() * n
-                pending["sum"] = weighted if pending["sum"] is None else pending["sum"] + weighted
-                pending["n"] += n
+                window.add(loss, n)
                 at_checkpoint = bool(checkpoint_every) and step % checkpoint_every == 0
                 if step % sync_every and not at_checkpoint:
                     continue
@@ -352,11 +389,11 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
                         bar.close()
                         raise TrainingInterrupted(stop.signal or signal.SIGTERM,
                                                   backend.progress_path)
-            if pending["first"] <= step:
+            if window.open(step):
                 sync(step)  # the epoch's last batches (a stop request waits for the epoch end)
             bar.close()
-            loss_sum, samples = backend.sum([totals["loss"], float(totals["samples"])])
-            elapsed = max(backend.gather(totals["elapsed"]))
+            loss_sum, samples = backend.sum([totals.loss, float(totals.samples)])
+            elapsed = max(backend.gather(totals.elapsed))
             speed = samples / max(elapsed, 1e-9)
             valid = backend.share(evaluate_split(backend, splits["valid"], progress, "valid"))
             if record.add_epoch(epoch, loss_sum / max(samples, 1.0), speed, valid):
