@@ -55,6 +55,18 @@ RECIPES: Dict[str, List[str]] = {
     "mba_10_softmax_dice": ["train.regularization=mba", "train.l2_lambda=10.0",
                             "model.attention_normalization=softmax",
                             "model.attention_activation=dice", "model.over_arch_activation=dice"],
+    # Fourth round, on 10,000 users (where the shipped mba_3_softmax stops at epoch 0-1):
+    # less regularisation for more data, a wider embedding, a slower or larger-batch descent.
+    "mba_1_softmax": ["train.regularization=mba", "train.l2_lambda=1.0",
+                      "model.attention_normalization=softmax"],
+    "mba_3_softmax_dim_32": ["train.regularization=mba", "train.l2_lambda=3.0",
+                             "model.attention_normalization=softmax", "model.embedding_dim=32"],
+    "mba_3_softmax_lr_0.0003": ["train.regularization=mba", "train.l2_lambda=3.0",
+                                "model.attention_normalization=softmax",
+                                "train.learning_rate=0.0003"],
+    "mba_3_softmax_batch_1024": ["train.regularization=mba", "train.l2_lambda=3.0",
+                                 "model.attention_normalization=softmax",
+                                 "train.batch_size=1024"],
 }
 
 
