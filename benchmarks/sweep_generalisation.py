@@ -67,6 +67,14 @@ RECIPES: Dict[str, List[str]] = {
     "mba_3_softmax_batch_1024": ["train.regularization=mba", "train.l2_lambda=3.0",
                                  "model.attention_normalization=softmax",
                                  "train.batch_size=1024"],
+    # Fifth round, 10,000 users, around batches of 1,024: a learning rate raised with the
+    # batch, and lambda 1 with it.
+    "mba_3_softmax_batch_1024_lr_0.002": ["train.regularization=mba", "train.l2_lambda=3.0",
+                                          "model.attention_normalization=softmax",
+                                          "train.batch_size=1024", "train.learning_rate=0.002"],
+    "mba_1_softmax_batch_1024": ["train.regularization=mba", "train.l2_lambda=1.0",
+                                 "model.attention_normalization=softmax",
+                                 "train.batch_size=1024"],
 }
 
 
