@@ -1,0 +1,89 @@
+"""What the MBA regulariser costs per training step, against the same model without it.
+
+Builds the one-process training backend the CLI uses (``train.local.LocalBackend``) twice
+from one config, once as configured (``train.regularization=mba`` in the MovieLens default)
+and once with ``train.regularization=none``, and times the same training batches through
+each (data, forward with the penalty, backward, Adam step), alternating the two for
+``--repeats`` rounds of ``--steps`` steps. Prints the median milliseconds per step of each
+and their ratio. Each round's first steps are warm-up and are not timed.
+
+Run:
+    .venv/bin/python benchmarks/regularization_cost.py [--config configs/movielens_din.yaml]
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from itertools import islice
+from typing import Dict, List
+
+import torch
+
+from torchrec_din.allocator import keep_freed_memory
+from torchrec_din.config import load_config
+from torchrec_din.data.registry import open_source
+from torchrec_din.train.local import LocalBackend
+
+
+def _backend(config_path: str, overrides: List[str], out: str) -> tuple:
+    config = load_config(config_path, ["train.progress=false", "train.device=cpu"] + overrides)
+    backend = LocalBackend()
+    source = open_source(config, backend.main_first)
+    size = int(config["train"]["batch_size"])
+    splits = source.splits({"train": size, "valid": size, "test": size},
+                           int(config["seed"]), 0, 1)
+    backend.setup(config, source, splits, out)
+    loader = splits["train"].loader(int(config["seed"]), 0)
+    return backend, loader
+
+
+def _time_steps(backend: LocalBackend, loader, steps: int, warmup: int) -> List[float]:
+    loader.set_epoch(0, 0)
+    times: List[float] = []
+    start = time.perf_counter()
+    for i, (loss, _) in enumerate(islice(backend.train_batches(loader), warmup + steps)):
+        float(loss)  # the step is done when its loss is read
+        now = time.perf_counter()
+        if i >= warmup:
+            times.append((now - start) * 1e3)
+        start = now
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/movielens_din.yaml")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    keep_freed_memory()  # as training does by default
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {
+            "as configured": _backend(args.config, [], tmp),
+            "regularization=none": _backend(args.config, ["train.regularization=none"], tmp),
+        }
+        regularized = load_config(args.config)["train"]["regularization"]
+        medians: Dict[str, List[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, (backend, loader) in variants.items():
+                medians[name].append(statistics.median(
+                    _time_steps(backend, loader, args.steps, args.warmup)))
+    with_mba = statistics.median(medians["as configured"])
+    without = statistics.median(medians["regularization=none"])
+    print(f"{args.config} (train.regularization={regularized}), batch "
+          f"{load_config(args.config)['train']['batch_size']}, {args.repeats} rounds of "
+          f"{args.steps} steps, median ms per step")
+    print("| variant | ms per step (median of round medians) | round medians |")
+    print("|---|---|---|")
+    for name, values in medians.items():
+        print(f"| {name} | {statistics.median(values):.1f} | "
+              f"{', '.join(f'{v:.1f}' for v in values)} |")
+    print(f"\nas configured / none: {with_mba / without:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
