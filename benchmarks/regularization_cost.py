@@ -16,18 +16,19 @@ import statistics
 import tempfile
 import time
 from itertools import islice
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
 from torchrec_din.allocator import keep_freed_memory
 from torchrec_din.config import load_config
 from torchrec_din.data.registry import open_source
+from torchrec_din.data.source import EpochLoader
 from torchrec_din.train.local import LocalBackend
 
 
-def _backend(config_path: str, overrides: List[str], out: str) -> tuple:
-    config = load_config(config_path, ["train.progress=false", "train.device=cpu"] + overrides)
+def _backend(config: Dict[str, Any], out: str) -> Tuple[LocalBackend, EpochLoader]:
+    """The CLI's one-process backend set up on ``config``, and its training loader."""
     backend = LocalBackend()
     source = open_source(config, backend.main_first)
     size = int(config["train"]["batch_size"])
@@ -38,7 +39,8 @@ def _backend(config_path: str, overrides: List[str], out: str) -> tuple:
     return backend, loader
 
 
-def _time_steps(backend: LocalBackend, loader, steps: int, warmup: int) -> List[float]:
+def _time_steps(backend: LocalBackend, loader: EpochLoader, steps: int,
+                warmup: int) -> List[float]:
     loader.set_epoch(0, 0)
     times: List[float] = []
     start = time.perf_counter()
@@ -61,12 +63,14 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()  # as training does by default
     torch.manual_seed(0)
+    base = ["train.progress=false", "train.device=cpu"]
+    config = load_config(args.config, base)
     with tempfile.TemporaryDirectory() as tmp:
         variants = {
-            "as configured": _backend(args.config, [], tmp),
-            "regularization=none": _backend(args.config, ["train.regularization=none"], tmp),
+            "as configured": _backend(config, tmp),
+            "regularization=none": _backend(
+                load_config(args.config, base + ["train.regularization=none"]), tmp),
         }
-        regularized = load_config(args.config)["train"]["regularization"]
         medians: Dict[str, List[float]] = {name: [] for name in variants}
         for _ in range(args.repeats):
             for name, (backend, loader) in variants.items():
@@ -74,8 +78,8 @@ def main() -> None:
                     _time_steps(backend, loader, args.steps, args.warmup)))
     with_mba = statistics.median(medians["as configured"])
     without = statistics.median(medians["regularization=none"])
-    print(f"{args.config} (train.regularization={regularized}), batch "
-          f"{load_config(args.config)['train']['batch_size']}, {args.repeats} rounds of "
+    print(f"{args.config} (train.regularization={config['train']['regularization']}), batch "
+          f"{config['train']['batch_size']}, {args.repeats} rounds of "
           f"{args.steps} steps, median ms per step")
     print("| variant | ms per step (median of round medians) | round medians |")
     print("|---|---|---|")

@@ -209,7 +209,7 @@ class _EpochTotals:
 
     @classmethod
     def from_state(cls, state: Dict[str, float]) -> "_EpochTotals":
-        return cls(state["loss"], int(state["samples"]), state["elapsed"])
+        return cls(state["loss"], state["samples"], state["elapsed"])
 
     def state(self) -> Dict[str, float]:
         return {"loss": self.loss, "samples": self.samples, "elapsed": self.elapsed}

@@ -61,8 +61,9 @@ class MiniBatchAwareL2(nn.Module):
         self.features = features
         self.strength = strength
         self.table_of = {f: t for t, fs in features.items() for f in fs}
-        self.pooled = [f for f in self.table_of if f in set(pooled)]
-        self.sequence = [f for f in self.table_of if f not in set(pooled)]
+        bags = set(pooled)
+        self.pooled = [f for f in self.table_of if f in bags]
+        self.sequence = [f for f in self.table_of if f not in bags]
         for name in features:
             inv = 1.0 / np.maximum(frequencies[name], 1.0)
             # Not in the state dict: recomputed from the data at every start.
