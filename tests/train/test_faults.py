@@ -65,14 +65,34 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     # the bad batch 25 is reported with the span read at batch 30, before that save.
     assert main(_args(tmp_path / "nan", tmp_path / "cache")) == 1
     err = capsys.readouterr().err
-    assert "non-finite training loss at epoch 0, batches 21-30" in err
+    assert "non-finite training loss at epoch 0, batches 21-30 (train.sync_every=1 names" in err
     ckpt = load_checkpoint(str(tmp_path / "nan" / "last.pt"))
     assert ckpt["batch"] == 20  # the last checkpoint before the bad batch, untouched
     # train.sync_every=1 names the exact batch.
     calls["n"] = 0
     assert main(_args(tmp_path / "nan1", tmp_path / "cache", ["train.sync_every=1"])) == 1
-    assert "non-finite training loss at epoch 0, batch 25;" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # The poisoned loss came after finite logits: the message says so, and names what the
+    # step then spread it into.
+    assert ("non-finite training loss at epoch 0, batch 25 (first non-finite: the loss alone "
+            "(the logits were finite") in err, err
+    assert "non-finite after the step: parameter " in err, err
+    assert f"The last good progress is {tmp_path / 'nan1' / 'last.pt'}: resume" in err, err
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_logits_before_any_checkpoint_name_no_missing_file(tmp_path, capsys) -> None:
+    # A huge learning rate blows the weights up in the first steps, before any checkpoint:
+    # the error names the batch and the logits, and no checkpoint that does not exist.
+    out = tmp_path / "blowup"
+    assert main(_args(out, tmp_path / "cache", ["train.learning_rate=1e30",
+                                                "train.sync_every=1",
+                                                "train.checkpoint_every=0"])) == 1
+    err = capsys.readouterr().err
+    assert "non-finite training loss at epoch 0, batch " in err, err
+    assert "(first non-finite: logits (" in err, err
+    assert "No progress was saved before it" in err, err
+    assert "last.pt" not in err and not (out / "last.pt").exists()
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:

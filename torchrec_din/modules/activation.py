@@ -23,6 +23,10 @@ class Dice(nn.Module):
     Here a one-row batch normalises to p = 0.5 and an empty one leaves the running
     statistics untouched.
 
+    Built on the meta device (the usual TorchRec way, materialised by
+    ``DistributedModelParallel``), it is initialised by :meth:`reset_parameters`, as
+    TorchRec's own modules are.
+
     Args:
         num_features (int): C, the size of the last dimension.
         eps (float): added to the variance (the paper uses 1e-8).
@@ -45,9 +49,23 @@ class Dice(nn.Module):
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
-        self.alpha = nn.Parameter(torch.zeros(num_features, device=device))
-        self.register_buffer("running_mean", torch.zeros(num_features, device=device))
-        self.register_buffer("running_var", torch.ones(num_features, device=device))
+        self.alpha = nn.Parameter(torch.empty(num_features, device=device))
+        self.register_buffer("running_mean", torch.empty(num_features, device=device))
+        self.register_buffer("running_var", torch.empty(num_features, device=device))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """alpha = 0, running mean 0 and running variance 1 (the state before any batch).
+
+        ``DistributedModelParallel`` calls this when it materialises a model built on the
+        meta device; without it alpha would keep whatever memory it got and the running
+        variance would be 0 (it zeroes buffers)."""
+        if self.alpha.is_meta:  # nothing to write until the tensors exist
+            return
+        self.alpha.zero_()
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:

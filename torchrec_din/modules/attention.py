@@ -91,14 +91,24 @@ class LocalActivationUnit(nn.Module):
         self.input_layer = nn.Linear(4 * embedding_dim, first, device=device)
         self.outer_weight: Optional[nn.Parameter] = None
         if use_outer_product:
-            bound = 1.0 / (embedding_dim * (4 + embedding_dim)) ** 0.5
             self.outer_weight = nn.Parameter(
-                torch.empty(first, embedding_dim, embedding_dim, device=device)
-                .uniform_(-bound, bound)
-            )
+                torch.empty(first, embedding_dim, embedding_dim, device=device))
+        self.reset_parameters()  # here, so the random stream is drawn in the same order
         self.input_activation = make_activation(activation, first, device)
         self.hidden = ActivationMLP(first, hidden_units[1:], activation, device=device)
         self.output_layer = nn.Linear(self.hidden.out_features, 1, device=device)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise the module's own parameter, ``outer_weight``: uniform in +-1/sqrt(fan
+        in) of the whole first layer (4D + D*D inputs), the bound ``nn.Linear`` would use.
+        The layers inside initialise themselves. ``DistributedModelParallel`` calls this
+        when it materialises a model built on the meta device (TorchRec's convention)."""
+        if self.outer_weight is None or self.outer_weight.is_meta:
+            return
+        d = self.embedding_dim
+        bound = 1.0 / (d * (4 + d)) ** 0.5
+        self.outer_weight.uniform_(-bound, bound)
 
     def first_layer(
         self,

@@ -98,6 +98,15 @@ class Backend:
     def load_best(self) -> None:
         raise NotImplementedError
 
+    def progress_saved(self) -> bool:
+        """Whether ``progress_path`` holds saved progress to resume from."""
+        return os.path.isfile(self.progress_path)
+
+    def non_finite_report(self) -> str:
+        """What went non-finite first in the last training step (see
+        :func:`describe_non_finite`); called on a rank whose loss was non-finite."""
+        return ""
+
     def sync_statistics(self) -> None:
         """Make the model's running statistics (Dice) the same on every rank; the engine
         calls it at every loss read (backends also before evaluation and saving)."""
@@ -359,16 +368,16 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
                 """Read the pending losses; raise on a non-finite one; True: stop now."""
                 backend.sync_statistics()
                 value, samples, first = window.read(step)
-                stopping, bad = backend.any([stop.signal is not None, not math.isfinite(value)])
+                mine = not math.isfinite(value)
+                stopping, bad = backend.any([stop.signal is not None, mine])
                 if bad:
                     bar.close()
-                    where = f"batch {step}" if first == step else f"batches {first}-{step}"
-                    raise FloatingPointError(
-                        f"non-finite training loss at epoch {epoch}, {where}"
-                        f"{f' (on some rank of {backend.world})' if backend.world > 1 else ''}; "
-                        f"nothing was saved after it. The last good progress is "
-                        f"{backend.progress_path} (resume with --resume after lowering the "
-                        f"learning rate; train.sync_every=1 names the exact batch)")
+                    # Every rank is here (the flag was agreed): say which ranks, and with one
+                    # batch per read what went non-finite first on each.
+                    reports = backend.gather(
+                        (mine, backend.non_finite_report() if mine and first == step else ""))
+                    raise FloatingPointError(_non_finite_message(
+                        backend, epoch, first, step, reports))
                 totals.loss += value
                 totals.samples += samples
                 totals.elapsed = time.perf_counter() - start
@@ -417,6 +426,57 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
     note = f", {backend.world} ranks" if backend.world > 1 else ""
     print(record.finish(test, popularity, output_dir, note))
     return record.results
+
+
+def _non_finite_message(backend: Backend, epoch: int, first: int, step: int,
+                        reports: List[Tuple[bool, str]]) -> str:
+    """The error for a non-finite loss: where (epoch, batch, ranks), what went non-finite
+    first (with ``train.sync_every=1``), and a checkpoint to resume from only if one exists."""
+    where = f"batch {step}" if first == step else f"batches {first}-{step}"
+    ranks = [r for r, (bad, _) in enumerate(reports) if bad]
+    if backend.world > 1:
+        where += f" on rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} " \
+                 f"of {backend.world}"
+    found = [(r, text) for r, (bad, text) in enumerate(reports) if bad and text]
+    if found:
+        what = "; ".join(f"rank {r}: {text}" if backend.world > 1 else text for r, text in found)
+        detail = f" (first non-finite: {what})"
+    else:
+        detail = " (train.sync_every=1 names the exact batch and the first non-finite tensor)"
+    if backend.progress_saved():
+        resume = (f"The last good progress is {backend.progress_path}: resume with --resume "
+                  "after lowering the learning rate")
+    else:
+        resume = ("No progress was saved before it (checkpoints come every "
+                  "train.checkpoint_every batches and at each epoch end): start the run again "
+                  "with a lower learning rate")
+    return f"non-finite training loss at epoch {epoch}, {where}{detail}. {resume}"
+
+
+def describe_non_finite(logits: Optional[torch.Tensor], model: torch.nn.Module) -> str:
+    """What was non-finite in the last training step, for the error: its logits (else the
+    loss alone: labels or a regulariser), and the model's parameters and buffers that are
+    non-finite after the step (the optimizer spreads a non-finite gradient into them). Runs
+    only once a loss was found non-finite, so its host reads cost training nothing."""
+    first = ("the loss alone (the logits were finite: check the labels or the regulariser)")
+    if logits is not None:
+        bad = int((~torch.isfinite(logits)).sum())
+        if bad:
+            first = f"logits ({bad} of {logits.numel()} values)"
+    broken: List[str] = []
+    named = [("parameter", n, t) for n, t in model.named_parameters()]
+    named += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, tensor in named:
+        # A sharded table's state is its local shards (ShardedTensor), a plain one a tensor.
+        parts = ([s.tensor for s in tensor.local_shards()] if hasattr(tensor, "local_shards")
+                 else [tensor])
+        if any(p.is_floating_point() and not bool(torch.isfinite(p).all()) for p in parts):
+            broken.append(f"{kind} "
+                          + name.replace("_dmp_wrapped_module.", "").replace("module.", "", 1))
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        return f"{first}; non-finite after the step: {broken[0]}{more}"
+    return first
 
 
 def _print_data(meta: Dict[str, Any], summary: Dict[str, Any], data_cfg: Dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from torchrec_din.models import compile_dense, DINModel, DINTrain
 from torchrec_din.build import build_model
 from torchrec_din.config import resolve_device
 from torchrec_din.io import atomic_save, load_checkpoint
-from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.engine import Backend, describe_non_finite, run_training
 from torchrec_din.train.optim import apply_train_config, make_optimizer
 from torchrec_din.train.regularization import make_regularizer, MBAPenalty, table_weights
 
@@ -46,6 +46,7 @@ class LocalBackend(Backend):
 
     def __init__(self) -> None:
         self.model: Optional[DINModel] = None
+        self.last_logits: Optional[torch.Tensor] = None  # the last step's, for error reports
 
     def read_progress(self, output_dir: str) -> Dict[str, Any]:
         self.progress_path = os.path.join(output_dir, "last.pt")
@@ -91,7 +92,7 @@ class LocalBackend(Backend):
         for batch in loader:
             start = time.perf_counter()
             batch = batch.to(self.device, non_blocking=True)
-            loss, _ = self.train_model(batch)  # the MBA penalty included
+            loss, (_, self.last_logits, _) = self.train_model(batch)  # MBA penalty included
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -105,6 +106,9 @@ class LocalBackend(Backend):
 
             print(f"[compile] graphs compiled so far: {counters['stats']['unique_graphs']} "
                   f"(more than the first epoch's means ragged batches recompiled)")
+
+    def non_finite_report(self) -> str:
+        return describe_non_finite(self.last_logits, self.model)
 
     def predict(self, split: SplitData, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:

@@ -40,7 +40,7 @@ from torchrec_din.distributed import (
 from torchrec_din.models import DINTrain
 from torchrec_din.build import build_model
 from torchrec_din.io import CheckpointError, atomic_save, load_checkpoint
-from torchrec_din.train.engine import Backend, run_training
+from torchrec_din.train.engine import Backend, describe_non_finite, run_training
 from torchrec_din.train.optim import apply_train_config, make_optimizer
 from torchrec_din.train.regularization import make_regularizer, MBAPenalty
 from torchrec_din.planning import constraints_for, embedding_optimizer
@@ -69,6 +69,7 @@ class ShardedBackend(Backend):
 
     def __init__(self, config: Dict[str, Any]) -> None:
         self.backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.last_logits: Optional[torch.Tensor] = None  # the last step's, for error reports
         self.timeout = datetime.timedelta(seconds=float(config["train"]["dist_timeout_s"]))
 
     def __enter__(self) -> "ShardedBackend":
@@ -183,13 +184,20 @@ class ShardedBackend(Backend):
         it = iter(loader)
         while True:
             try:
-                loss, _, labels = self.pipeline.progress(it)
+                loss, self.last_logits, labels = self.pipeline.progress(it)
             except StopIteration:
                 break
             yield loss, int(labels.numel())
         # The pipeline keeps no batch in flight past the end; evaluation runs the plain DMP.
         self.pipeline.detach()
         self.attached = False
+
+    def progress_saved(self) -> bool:
+        # A DCP folder is complete once rank 0 wrote its meta.pt and swapped it in.
+        return os.path.isfile(os.path.join(self.progress_path, "meta.pt"))
+
+    def non_finite_report(self) -> str:
+        return describe_non_finite(self.last_logits, self.dmp)
 
     def predict(self, split: SplitData, progress: bool,
                 desc: str) -> Tuple[Optional[np.ndarray], float]:
