@@ -8,7 +8,7 @@ from torchrec.modules.embedding_modules import (
     EmbeddingBagCollection,
     EmbeddingCollection,
 )
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_din.batch import DINBatch
 from torchrec_din.checks import (
@@ -163,12 +163,34 @@ class DINModel(nn.Module):
         the collections returned: the EmbeddingCollection's output by feature (one row per
         id) and the EmbeddingBagCollection's by feature ([B, D] per bag), e.g. for a loss
         term on the looked-up rows (mini-batch aware regularisation of sharded tables)."""
+        bags: Optional[KeyedTensor] = None
+        ebc = self.embedding_bag_collection
+        if ebc is not None:
+            self.check_pooled(pooled_features)
+            bags = ebc(_required_kjt(pooled_features, "pooled_features"))
+        return self.forward_from_bags(sequence_features, bags, dense_features, grouped)
+
+    def check_pooled(self, pooled_features: Optional[KeyedJaggedTensor]) -> None:
+        """The named input checks of the pooled features (when ``validate_inputs``)."""
+        if self.validate_inputs:
+            check_kjt(pooled_features, "pooled_features", self.pooled_rows, self.feature_tables)
+
+    @torch.jit.export
+    def forward_from_bags(
+        self,
+        sequence_features: KeyedJaggedTensor,
+        bags: Optional[KeyedTensor],
+        dense_features: Optional[Tensor] = None,
+        grouped: bool = False,
+    ) -> Tuple[Tensor, Dict[str, JaggedTensor], Dict[str, Tensor]]:
+        """:meth:`forward_with_lookups` given the EmbeddingBagCollection's output ``bags``
+        (None without one): for a caller that calls the collection on its batch's own KJT,
+        as :class:`DINTrain` does so that TrainPipelineSparseDist can pipeline it."""
         if self.validate_inputs:
             check_kjt(sequence_features, "sequence_features", self.sequence_rows,
                       self.feature_tables)
         embeddings = self.embedding_collection(sequence_features)
-        batch_size = sequence_features.stride()
-        pooled = self._pooled(pooled_features, batch_size)
+        pooled = self._pooled(bags, sequence_features.stride())
         if grouped:
             logits = self._over_arch(self.interaction.candidates_grouped(embeddings),
                                      self.interaction.forward_grouped(embeddings), pooled,
@@ -179,21 +201,19 @@ class DINModel(nn.Module):
                                      self.interaction(embeddings), pooled, dense_features, None)
         return logits, embeddings, pooled
 
-    def _pooled(self, pooled_features: Optional[KeyedJaggedTensor],
-                batch_size: int) -> Dict[str, Tensor]:
+    def _pooled(self, bags: Optional[KeyedTensor], batch_size: int) -> Dict[str, Tensor]:
         """The bag collection's output by feature ({} without one); ``batch_size``: samples
         (histories) of the sequence features, B."""
-        ebc = self.embedding_bag_collection
         out: Dict[str, Tensor] = {}
-        if ebc is None:
+        if bags is None:
+            if len(self.pooled_keys) > 0:
+                raise ValueError("the model has pooled features but got no bags for them")
             return out
-        if self.validate_inputs:
-            check_kjt(pooled_features, "pooled_features", self.pooled_rows, self.feature_tables)
         # Index by key: a sharded collection may return its keys in another order.
-        bags: Dict[str, Tensor] = ebc(_required_kjt(pooled_features, "pooled_features")).to_dict()
+        by_key: Dict[str, Tensor] = bags.to_dict()
         for key in self.pooled_keys:
-            check_pooled_rows(bags[key].size(0), batch_size, key)
-            out[key] = bags[key]
+            check_pooled_rows(by_key[key].size(0), batch_size, key)
+            out[key] = by_key[key]
         return out
 
     def _over_arch(
@@ -357,8 +377,19 @@ class DINTrain(nn.Module):
         self.loss_fn = nn.BCEWithLogitsLoss()
 
     def forward(self, batch: DINBatch) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor]]:
-        logits, embeddings, pooled = self.model.forward_with_lookups(
-            batch.sequence_features, batch.pooled_features, batch.dense_features, self.grouped)
+        model = self.model
+        bags: Optional[KeyedTensor] = None
+        ebc = model.embedding_bag_collection
+        if ebc is not None:
+            model.check_pooled(batch.pooled_features)
+            if batch.pooled_features is None:  # eager only: under fx tracing it is a proxy
+                raise ValueError("pooled_features is None but the model needs them")
+            # The collection is called on the batch's own KJT, so TrainPipelineSparseDist
+            # traces its input to the batch and pipelines its input distribution (through
+            # a helper it would see a modified input and run it on the critical path).
+            bags = ebc(batch.pooled_features)
+        logits, embeddings, pooled = model.forward_from_bags(
+            batch.sequence_features, bags, batch.dense_features, self.grouped)
         if self.model.validate_inputs:
             check_labels(batch.labels, logits.size(0))
         loss = self.loss_fn(logits, batch.labels)
