@@ -18,7 +18,7 @@ from torchrec_din.data.loader import DINDataset, make_loader
 from torchrec_din.metrics import evaluate_predictions
 from torchrec_din.serve import load_trained
 from torchrec_din.data.registry import build_table
-from torchrec_din.train.local import predict
+from torchrec_din.train.predict import predict
 
 
 def main() -> None:

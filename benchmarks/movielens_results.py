@@ -54,7 +54,7 @@ def train_or_reuse(config_path: str, overrides: List[str], out: str) -> Dict:
         if "test" in metrics:
             return metrics
     config = load_config(config_path, overrides)
-    if os.path.exists(os.path.join(out, "last.pt")):
+    if os.path.exists(os.path.join(out, "last_dcp", "meta.pt")):
         try:
             return train(config, out, resume=True)
         except ValueError as e:  # another config: start over

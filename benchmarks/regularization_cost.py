@@ -1,9 +1,10 @@
 """What the MBA regulariser costs per training step, against the same model without it.
 
-Builds the one-process training backend the CLI uses (``train.local.LocalBackend``) twice
+Builds the training backend the CLI uses (``train.sharded.ShardedBackend``, one process) twice
 from one config, once as configured (``train.regularization=mba`` in the MovieLens default)
 and once with ``train.regularization=none``, and times the same training batches through
-each (data, forward with the penalty, backward, Adam step), alternating the two for
+each (data, forward with the penalty, backward and fused table update, Adam step on the
+dense part), alternating the two for
 ``--repeats`` rounds of ``--steps`` steps. Prints the median milliseconds per step of each
 and their ratio. Each round's first steps are warm-up and are not timed.
 
@@ -24,12 +25,14 @@ from torchrec_din.allocator import keep_freed_memory
 from torchrec_din.config import load_config
 from torchrec_din.data.registry import open_source
 from torchrec_din.data.source import EpochLoader
-from torchrec_din.train.local import LocalBackend
+from torchrec_din.train.sharded import ShardedBackend
 
 
-def _backend(config: Dict[str, Any], out: str) -> Tuple[LocalBackend, EpochLoader]:
-    """The CLI's one-process backend set up on ``config``, and its training loader."""
-    backend = LocalBackend()
+def _backend(config: Dict[str, Any], out: str) -> Tuple[ShardedBackend, EpochLoader]:
+    """The CLI's backend set up on ``config`` in the 1-rank world already joined, and its
+    training loader."""
+    backend = ShardedBackend(config)
+    backend.rank, backend.world, backend.control = 0, 1, None  # the joined world's
     source = open_source(config, backend.main_first)
     size = int(config["train"]["batch_size"])
     splits = source.splits({"train": size, "valid": size, "test": size},
@@ -39,7 +42,7 @@ def _backend(config: Dict[str, Any], out: str) -> Tuple[LocalBackend, EpochLoade
     return backend, loader
 
 
-def _time_steps(backend: LocalBackend, loader: EpochLoader, steps: int,
+def _time_steps(backend: ShardedBackend, loader: EpochLoader, steps: int,
                 warmup: int) -> List[float]:
     loader.set_epoch(0, 0)
     times: List[float] = []
@@ -65,7 +68,7 @@ def main() -> None:
     torch.manual_seed(0)
     base = ["train.progress=false", "train.device=cpu"]
     config = load_config(args.config, base)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ShardedBackend(config):  # the 1-rank world
         variants = {
             "as configured": _backend(config, tmp),
             "regularization=none": _backend(

@@ -49,8 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          help="where metrics.json, curves.png and checkpoints go "
                               "(default runs/<config name>)")
     p_train.add_argument("--resume", action="store_true",
-                         help="continue the run in --output-dir from its last.pt (last_dcp/ "
-                              "under torchrun); same seed, data and model config")
+                         help="continue the run in --output-dir from its last_dcp/; same seed, "
+                              "data and model config")
     p_train.add_argument("--overwrite", action="store_true",
                          help="start over in an --output-dir that holds a run (its files are "
                               "kept aside until the new run's first checkpoint, and put back "
@@ -133,9 +133,36 @@ def _load_config(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
         return None
 
 
+# What torch and TorchRec print on every training run, about their own internals, that a
+# user can neither act on nor avoid: the planner's advice on how to build a Topology and its
+# storage estimate, DDP's broadcast_buffers rename (TorchRec passes the old name),
+# ShardedTensor's deprecation inside torch.distributed.checkpoint, and an fx notice TorchRec's
+# pipeline triggers. The CLI hides exactly these; everything else still shows.
+_LIBRARY_NOISE = (
+    r"`broadcast_buffers` is deprecated",
+    r"Please use DTensor instead and we are deprecating ShardedTensor",
+    r"HeuristicalStorageReservation is known to cause issues",
+)
+_NOISY_LOGGERS = ("torchrec.distributed.planner.types",
+                  "torchrec.distributed.planner.storage_reservations",
+                  "torch.fx._symbolic_trace")
+
+
+def _quiet_library_noise() -> None:
+    import logging
+    import warnings
+
+    for message in _LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _train_command(args: argparse.Namespace) -> int:
     """``train``: the only command that imports ``torchrec_din.train``."""
     from contextlib import ExitStack
+
+    _quiet_library_noise()
 
     from torchrec_din.data.raw import DataFormatError
     from torchrec_din.train import train
@@ -152,14 +179,10 @@ def _train_command(args: argparse.Namespace) -> int:
             if os.environ.get("RANK", "0") == "0":  # one process owns the run folder
                 stack.enter_context(RunLock(out))
                 check_run_dir(out, args.resume, args.overwrite)
-            if "LOCAL_RANK" in os.environ:  # launched by torchrun: sharded training
-                from torchrec_din.train.sharded import train_distributed
-
-                results = train_distributed(config, out, args.resume, args.overwrite)
-                if results is None:  # not rank 0
-                    return 0
-            else:
-                results = train(config, out, args.resume, args.overwrite)
+            # One process, or each rank under torchrun: the same path.
+            results = train(config, out, args.resume, args.overwrite)
+            if results is None:  # not rank 0
+                return 0
     except TrainingInterrupted as e:
         print(f"[stopped] {e}", file=sys.stderr)
         return 128 + e.signum

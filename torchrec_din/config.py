@@ -76,12 +76,16 @@ DEFAULTS: Dict[str, Any] = {
         "select_metric": "gauc",      # gauc | auc | logloss: picks the best epoch (validation)
         "batch_size": 256,
         "eval_batch_size": 2048,
-        "optimizer": "adam",          # adam | adagrad | sgd
+        "optimizer": "adam",          # the dense part (attention, MLPs, Dice): adam | adagrad | sgd
         "learning_rate": 0.001,
-        # Sharded runs: fused optimizer of the tables. auto = train.optimizer where the device
-        # supports it; FBGEMM on CPU has no fused Adam, so auto uses rowwise_adagrad there.
-        "embedding_optimizer": "auto",  # auto | sgd | adagrad | rowwise_adagrad | adam
-        "embedding_learning_rate": None,  # default: learning_rate, or 0.05 for auto's adagrad
+        # The embedding tables, on 1 or N processes alike: FBGEMM's fused optimizer, applied
+        # inside the backward to the rows each batch looked up (a step costs what the batch
+        # touches, not what the tables hold). rowwise_adagrad (one float of state per row)
+        # runs on CPU and CUDA, so one recipe trains the same on a laptop and a cluster;
+        # adam is CUDA only; auto: train.optimizer where FBGEMM has it fused, else
+        # rowwise_adagrad at 0.05.
+        "embedding_optimizer": "rowwise_adagrad",  # rowwise_adagrad | adagrad | sgd | adam | auto
+        "embedding_learning_rate": 0.05,  # null: train.learning_rate
         "regularization": "none",     # none | l2 | mba (mini-batch aware, paper 4.2)
         "l2_lambda": 0.0,
         "progress": True,
@@ -103,13 +107,15 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-# Keys whose default is None, and what they accept besides None.
+# Keys that accept None (null), and what they accept besides it.
 NULLABLE: Dict[str, type] = {
     "data.data_dir": str,
     "train.embedding_learning_rate": float,
 }
 # Keys that take one of a few values of mixed types.
 CHOICES: Dict[str, tuple] = {"data.group_histories": ("auto", True, False),
+                             "train.embedding_optimizer": ("rowwise_adagrad", "adagrad", "sgd",
+                                                           "adam", "auto"),
                              "train.select_metric": ("gauc", "auc", "logloss")}
 # Lower bounds checked at load (inclusive), before any data is built.
 MINIMUM: Dict[str, float] = {
@@ -150,8 +156,10 @@ def _typed(key: str, value: Any, default: Any) -> Any:
     """``value`` as the type of ``default`` (numbers written as text, e.g. YAML's ``1e-4``,
     become numbers), or a ValueError that names the key."""
     want: Optional[type] = NULLABLE.get(key)
+    if value is None and key in NULLABLE:
+        return value
     if default is None:
-        if value is None or want is None:
+        if want is None:
             return value
     else:
         want = type(default)

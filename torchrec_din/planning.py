@@ -61,7 +61,9 @@ def constraints_for(config: Dict[str, Any], model: nn.Module, mean_history: floa
     overrides = {name: ParameterConstraints(sharding_types=spec.get("sharding_types"),
                                             compute_kernels=spec.get("compute_kernels"))
                  for name, spec in tables.items()}
-    return planner_constraints(model, mean_lengths, compute_device, overrides)
+    # Every table on the fused kernel (no data_parallel): each is then trained by
+    # train.embedding_optimizer whatever plan the planner picks for the world size.
+    return planner_constraints(model, mean_lengths, compute_device, overrides, fused_only=True)
 
 
 def plan_for_config(config: Dict[str, Any], vocab: Dict[str, int], world_size: int,

@@ -4,7 +4,7 @@ epoch's model, and never looks at test data to decide."""
 import pytest
 
 import torchrec_din.train.engine as engine
-import torchrec_din.train.local as loop
+import torchrec_din.train.sharded as loop
 from torchrec_din.io import load_checkpoint
 from torchrec_din.config import load_config
 from torchrec_din.train.record import early_stop

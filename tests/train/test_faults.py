@@ -32,7 +32,7 @@ def test_sigterm_checkpoints_and_resume_matches_uninterrupted(tmp_path,
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
 
     out = tmp_path / "killed"
-    last = out / "last.pt"
+    last = out / "last_dcp" / "meta.pt"
     code, output = sigterm_once_written(
         [sys.executable, "-m", "torchrec_din", *_args(out, cache)], last)
     assert code == 128 + signal.SIGTERM, output
@@ -55,9 +55,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
     def poisoned(self, batch):
         loss, rest = original(self, batch)
+        if isinstance(loss, torch.fx.Proxy):  # the pipeline tracing the model: no batch
+            return loss, rest
         calls["n"] += 1
-        if calls["n"] == 25:
+        if calls["n"] == 25:  # the loss trained on and the one reported, logits left finite
             loss = loss * float("nan")
+            rest = (rest[0] * float("nan"),) + tuple(rest[1:])
         return loss, rest
 
     monkeypatch.setattr(DINTrain, "forward", poisoned)
@@ -66,7 +69,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert main(_args(tmp_path / "nan", tmp_path / "cache")) == 1
     err = capsys.readouterr().err
     assert "non-finite training loss at epoch 0, batches 21-30 (train.sync_every=1 names" in err
-    ckpt = load_checkpoint(str(tmp_path / "nan" / "last.pt"))
+    ckpt = load_checkpoint(str(tmp_path / "nan" / "last_dcp" / "meta.pt"))
     assert ckpt["batch"] == 20  # the last checkpoint before the bad batch, untouched
     # train.sync_every=1 names the exact batch.
     calls["n"] = 0
@@ -77,8 +80,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert ("non-finite training loss at epoch 0, batch 25 (first non-finite: the loss alone "
             "(the logits were finite") in err, err
     assert "non-finite after the step: parameter " in err, err
-    assert f"The last good progress is {tmp_path / 'nan1' / 'last.pt'}: resume" in err, err
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert f"The last good progress is {tmp_path / 'nan1' / 'last_dcp'}: resume" in err, err
+    # The saved model (sharded format, read back without a process group) is all finite.
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(tmp_path / "nan" / "last_dcp"), str(tmp_path / "nan_model.pt"))
+    model = torch.load(str(tmp_path / "nan_model.pt"), weights_only=False)["model"]
+    assert model and all(torch.isfinite(v).all() for v in model.values()
+                         if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 
 def test_non_finite_logits_before_any_checkpoint_name_no_missing_file(tmp_path, capsys) -> None:
@@ -92,7 +101,7 @@ def test_non_finite_logits_before_any_checkpoint_name_no_missing_file(tmp_path, 
     assert "non-finite training loss at epoch 0, batch " in err, err
     assert "(first non-finite: logits (" in err, err
     assert "No progress was saved before it" in err, err
-    assert "last.pt" not in err and not (out / "last.pt").exists()
+    assert "last_dcp" not in err and not (out / "last_dcp").exists()
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:

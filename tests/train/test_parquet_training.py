@@ -81,7 +81,7 @@ def test_converted_files_score_exactly_like_the_builtin_loader(converted) -> Non
     from torchrec_din.data.schema import FeatureSchema
     from torchrec_din.metrics import evaluate_predictions
     from torchrec_din.serve import load_trained
-    from torchrec_din.train.local import predict
+    from torchrec_din.train.predict import predict
 
     model, _ = load_trained(str(root / "builtin"))
     source = ParquetSource(cfg["data"], FeatureSchema.from_config(cfg["features"]),
@@ -104,7 +104,7 @@ def test_streaming_run_killed_mid_epoch_resumes_exactly(converted, sigterm_once_
     full = json.loads((root / "full" / "metrics.json").read_text())
 
     out = root / "killed"
-    last = out / "last.pt"
+    last = out / "last_dcp" / "meta.pt"
     code, output = sigterm_once_written([sys.executable, "-m", "torchrec_din", "train",
                                          "--config", config, "--output-dir", str(out),
                                          *_sets(sets)], last)

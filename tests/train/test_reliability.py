@@ -105,8 +105,8 @@ def test_resume_applies_learning_rate_and_refuses_mid_epoch_batch_size(tmp_path,
     assert _train(out, cache, ["train.epochs=2", "train.learning_rate=0.0002"], ["--resume"]) == 0
     assert "applying train.epochs: 1 -> 2, train.learning_rate: 0.001 -> 0.0002" in \
         capsys.readouterr().out
-    saved = load_checkpoint(str(out / "last.pt"))
-    assert {g["lr"] for g in saved["optimizer"]["param_groups"]} == {0.0002}
+    saved = load_checkpoint(str(out / "last_dcp" / "meta.pt"))
+    assert {g["lr"] for g in saved["dense_optim"]["param_groups"]} == {0.0002}
 
     config = load_config("configs/synthetic_din.yaml")
     changed = load_config("configs/synthetic_din.yaml", ["train.batch_size=32"])
@@ -195,9 +195,10 @@ def test_damaged_checkpoints_are_named_and_cache_entries_rebuilt(tmp_path, capsy
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert _train(out, cache) == 0
     capsys.readouterr()
-    (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:1000])
+    meta = out / "last_dcp" / "meta.pt"
+    meta.write_bytes(meta.read_bytes()[:1000])
     assert _train(out, cache, ["train.epochs=2"], ["--resume"]) == 1
-    assert f"checkpoint {out / 'last.pt'} is damaged" in capsys.readouterr().err
+    assert f"checkpoint {meta} is damaged" in capsys.readouterr().err
     (out / "best.pt").write_bytes(b"not a checkpoint")
     assert main(["export", "--checkpoint", str(out), "--output", str(tmp_path / "s.pt")]) == 1
     assert f"checkpoint {out / 'best.pt'} is damaged" in capsys.readouterr().err

@@ -114,8 +114,9 @@ def test_convert_never_deletes_a_folder_it_did_not_write(parquet, tmp_path, caps
 
 
 def _snapshot(folder):
-    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))
-            if (folder / name).is_file() and name != ".lock"}
+    """Every file below ``folder`` (checkpoint folders included) by relative path."""
+    return {str(path.relative_to(folder)): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != ".lock"}
 
 
 def test_failed_runs_leave_the_folder_as_they_found_it(parquet, tmp_path, capsys) -> None:
@@ -137,12 +138,13 @@ def test_failed_runs_leave_the_folder_as_they_found_it(parquet, tmp_path, capsys
     assert main(["train", "--config", str(good_cfg), "--output-dir", str(out),
                  *_sets(DATA[4:])]) == 0
     before = _snapshot(out)
-    assert {"best.pt", "last.pt", "metrics.json", "curves.png", "config.yaml"} <= set(before)
+    assert {"best.pt", os.path.join("last_dcp", "meta.pt"), os.path.join("best_dcp", ".metadata"),
+            "metrics.json", "curves.png", "config.yaml"} <= set(before)
     assert main(["train", "--config", str(bad_cfg), "--output-dir", str(out), "--overwrite",
                  *_sets(DATA[4:])]) == 1
     assert "id 1000000 is outside table 'item'" in capsys.readouterr().err
     assert _snapshot(out) == before
-    assert sorted(os.listdir(out)) == sorted(list(before) + [".lock"])
+    assert sorted(os.listdir(out)) == sorted({p.split(os.sep)[0] for p in before} | {".lock"})
 
     fresh = tmp_path / "fresh"
     assert main(["train", "--config", str(bad_cfg), "--output-dir", str(fresh),

@@ -19,6 +19,8 @@ from torchrec_din.distributed.sharding import collection_configs, find_collectio
 # planner refuses row_wise for pooled tables on CPU.
 CPU_SEQUENCE_SHARDING = ["table_wise", "row_wise", "column_wise"]
 CPU_POOLED_SHARDING = ["table_wise", "data_parallel"]
+ALL_SHARDING = ["table_wise", "row_wise", "column_wise", "table_row_wise", "table_column_wise",
+                "data_parallel"]
 
 
 def planner_constraints(
@@ -26,6 +28,7 @@ def planner_constraints(
     mean_lengths: Optional[Mapping[str, float]] = None,
     compute_device: str = "cuda",
     overrides: Optional[Mapping[str, ParameterConstraints]] = None,
+    fused_only: bool = False,
 ) -> Dict[str, ParameterConstraints]:
     """Per-table ParameterConstraints with pooling factors and CPU-safe choices.
 
@@ -37,6 +40,10 @@ def planner_constraints(
             to what runs there.
         overrides: table -> constraints whose ``sharding_types`` / ``compute_kernels`` (when
             set) replace the defaults.
+        fused_only: every table on the ``fused`` kernel, never ``data_parallel``: each table
+            is then updated by the sharders' fused optimizer whatever the plan, so one
+            recipe trains the same on any number of ranks (a data-parallel table would be
+            updated by the dense optimizer instead).
 
     Returns:
         Dict[str, ParameterConstraints]: for ``EmbeddingShardingPlanner(constraints=...)``.
@@ -67,6 +74,10 @@ def planner_constraints(
             if compute_device == "cpu":
                 sharding_types = list(CPU_SEQUENCE_SHARDING if sequence else CPU_POOLED_SHARDING)
                 kernels = ["fused"] if sequence else None
+            if fused_only:
+                kernels = ["fused"]
+                sharding_types = [t for t in (sharding_types or ALL_SHARDING)
+                                  if t != "data_parallel"]
             override = overrides.get(config.name)
             if override is not None:
                 sharding_types = override.sharding_types or sharding_types

@@ -31,6 +31,7 @@ from torchrec.modules.embedding_configs import BaseEmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 _FUSED_OPTIMIZERS = {"sgd": EmbOptimType.EXACT_SGD, "adagrad": EmbOptimType.EXACT_ADAGRAD,
@@ -47,7 +48,8 @@ def fused_optimizers(device_type: str) -> Tuple[str, ...]:
 
 
 def make_sharders(
-    optimizer: str = "sgd", learning_rate: float = 0.01, device_type: str = "cpu"
+    optimizer: str = "sgd", learning_rate: float = 0.01, device_type: str = "cpu",
+    weight_decay: float = 0.0,
 ) -> List[ModuleSharder]:
     """Sharders for EmbeddingCollection and EmbeddingBagCollection with a fused optimizer.
 
@@ -55,12 +57,17 @@ def make_sharders(
         optimizer: fused table optimizer, checked against what FBGEMM has on the device.
         learning_rate: its learning rate.
         device_type: "cpu" or "cuda".
+        weight_decay: L2 weight decay of the rows each batch updates (FBGEMM's
+            ``WeightDecayMode.L2``; 0: none).
     """
     available = fused_optimizers(device_type)
     if optimizer not in available:
         raise ValueError(f"optimizer must be one of {list(available)} for embedding tables on "
                          f"{device_type} (FBGEMM's fused optimizers there), got {optimizer!r}")
-    fused = {"optimizer": _FUSED_OPTIMIZERS[optimizer], "learning_rate": learning_rate}
+    fused: Dict[str, object] = {"optimizer": _FUSED_OPTIMIZERS[optimizer],
+                                "learning_rate": learning_rate}
+    if weight_decay > 0:
+        fused.update(weight_decay=weight_decay, weight_decay_mode=WeightDecayMode.L2)
     return [EmbeddingCollectionSharder(fused_params=fused),
             EmbeddingBagCollectionSharder(fused_params=fused)]
 
@@ -168,7 +175,9 @@ def gather_state_dict(model: nn.Module, dst: int = 0) -> Dict[str, torch.Tensor]
     for name, value in model.state_dict().items():
         key = _plain_name(name)
         if isinstance(value, ShardedTensor):
-            full = torch.empty(value.size()) if rank == dst else None
+            # metadata(), not size(): torch functions on a ShardedTensor warn that it is
+            # deprecated, and TorchRec's state dict still hands us ShardedTensors.
+            full = torch.empty(value.metadata().size) if rank == dst else None
             value.gather(dst=dst, out=full)
             if rank == dst:
                 out[key] = full

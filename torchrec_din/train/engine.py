@@ -3,11 +3,10 @@
 The loop, evaluation, early stopping, SIGTERM / Ctrl-C handling and ``--resume`` live here,
 once; what the run measured and shows (epochs, best epoch, the epoch line, metrics.json,
 curves.png) is the :class:`~torchrec_din.train.record.RunRecord`; the data is a
-:class:`~torchrec_din.data.source.DataSource` opened by the registry. What differs between a
-plain process and sharded training sits behind :class:`Backend`:
-``train.local.LocalBackend`` (a plain optimizer, ``torch.save`` checkpoints) and
-``train.sharded.ShardedBackend`` (planner + DistributedModelParallel +
-TrainPipelineSparseDist, torch.distributed.checkpoint).
+:class:`~torchrec_din.data.source.DataSource` opened by the registry. Model, step,
+collectives and checkpoints sit behind :class:`Backend`; ``train.sharded.ShardedBackend``
+(planner + DistributedModelParallel + TrainPipelineSparseDist, torch.distributed.checkpoint)
+implements it for one process (a 1-rank world) and for torchrun alike.
 """
 
 import math

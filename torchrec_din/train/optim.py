@@ -15,7 +15,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter],
     if name not in optimizers:
         raise ValueError(f"train.optimizer must be adam, adagrad or sgd, got {name!r}")
     return optimizers[name](params, lr=train_cfg["learning_rate"],
-                            weight_decay=_weight_decay(train_cfg))
+                            weight_decay=weight_decay(train_cfg))
 
 
 def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, Any]) -> None:
@@ -23,9 +23,11 @@ def apply_train_config(optimizer: torch.optim.Optimizer, train_cfg: Dict[str, An
     for group in optimizer.param_groups:
         group["lr"] = train_cfg["learning_rate"]
         if "weight_decay" in group:
-            group["weight_decay"] = _weight_decay(train_cfg)
+            group["weight_decay"] = weight_decay(train_cfg)
 
 
-def _weight_decay(train_cfg: Dict[str, Any]) -> float:
+def weight_decay(train_cfg: Dict[str, Any]) -> float:
+    """``train.l2_lambda`` when ``train.regularization=l2`` (weight decay of the dense
+    optimizer and of the tables' fused one), else 0."""
     # Plain L2 is weight decay; "mba" regularises embeddings in the loss instead.
     return train_cfg["l2_lambda"] if train_cfg["regularization"] == "l2" else 0.0

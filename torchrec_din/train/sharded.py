@@ -1,18 +1,21 @@
-"""Sharded training under torchrun: planner + DistributedModelParallel + TrainPipelineSparseDist.
+"""Training on 1 to N processes: planner + DistributedModelParallel + TrainPipelineSparseDist.
 
-``torchrun --nproc_per_node N -m torchrec_din train --config FILE`` lands here (gloo on CPU,
-nccl on CUDA). Tables are sharded by TorchRec's planner (CPU constraints by default, per-table
-choices from ``tables.<name>`` in the config) and updated by a fused optimizer of the same
-kind and learning rate as ``train.optimizer``; the dense part is data parallel. Every rank
-trains on its own batches of one global order. Evaluation gathers every rank's predictions,
-so rank 0 computes AUC / GAUC over the whole split exactly as one process would. Rank 0 writes
-metrics.json, curves.png and an unsharded ``best.pt`` (gathered, the same format as
-single-process training, so ``export`` / ``score`` work on it); ``best_dcp/`` holds the
-sharded best state (torch.distributed.checkpoint), used for the final test evaluation;
+One path for every world size. ``python -m torchrec_din train`` runs it on a 1-rank world it
+creates in the process; ``torchrun --nproc_per_node N -m torchrec_din train`` on N ranks
+(gloo on CPU, nccl on CUDA). Tables are sharded by TorchRec's planner (CPU constraints by
+default, per-table choices from ``tables.<name>`` in the config) and updated inside the
+backward pass by FBGEMM's fused optimizer (``train.embedding_optimizer``), which touches only
+the rows a batch looked up: a step costs what the batch costs, not what the tables hold, and
+a model trained in one process and on a cluster follows one recipe. The dense part is data
+parallel, updated by ``train.optimizer``. Every rank trains on its own batches of one global
+order. Evaluation gathers every rank's predictions, so rank 0 computes AUC / GAUC over the
+whole split exactly as one process would. Rank 0 writes metrics.json, curves.png and an
+unsharded ``best.pt`` (gathered, so ``export`` / ``score`` work on it); ``best_dcp/`` holds
+the sharded best state (torch.distributed.checkpoint), used for the final test evaluation;
 ``last_dcp/`` the progress (model, fused and dense optimizer states, per-rank RNG, position),
 written at every epoch end, every ``train.checkpoint_every`` batches and on SIGTERM, for
 ``--resume``. The epoch loop itself is the shared engine (``train.engine``); this module is
-its sharded backend.
+its backend.
 """
 
 import datetime
@@ -39,9 +42,10 @@ from torchrec_din.distributed import (
 )
 from torchrec_din.models import DINTrain
 from torchrec_din.build import build_model
+from torchrec_din.config import resolve_device
 from torchrec_din.io import CheckpointError, atomic_save, load_checkpoint
 from torchrec_din.train.engine import Backend, describe_non_finite, run_training
-from torchrec_din.train.optim import apply_train_config, make_optimizer
+from torchrec_din.train.optim import apply_train_config, make_optimizer, weight_decay
 from torchrec_din.train.regularization import make_regularizer, MBAPenalty
 from torchrec_din.planning import constraints_for, embedding_optimizer
 
@@ -49,35 +53,50 @@ T = TypeVar("T")
 
 # Why MBA is refused with multi-hot pooled features here (rather than silently skipped).
 MBA_MULTI_HOT = (
-    "train.regularization=mba under torchrun takes each table's rows from the sharded "
-    "collections' outputs, and a multi-hot pooled feature's output is the sum of its bag, not "
-    "its rows: {features}. Use train.regularization=l2 or none, or train with one process "
-    "(which regularises every id of a bag)")
+    "train.regularization=mba takes each table's rows from the collections' outputs (the "
+    "tables update inside the backward pass, so a loss on their weights could not reach "
+    "them), and a multi-hot pooled feature's output is the sum of its bag, not its rows: "
+    "{features}. Use train.regularization=l2 or none")
 
 
 class ShardedBackend(Backend):
-    """torchrun: planner + DistributedModelParallel + TrainPipelineSparseDist.
+    """Planner + DistributedModelParallel + TrainPipelineSparseDist, on 1 to N ranks.
 
-    Tables are sharded by TorchRec's planner (CPU constraints by default, per-table choices
-    from ``tables.<name>``) and updated by a fused optimizer of the same kind and learning
-    rate as ``train.optimizer``; the dense part is data parallel. Checkpoints:
+    Launched by torchrun (``LOCAL_RANK`` set) it joins torchrun's world, each rank on its
+    LOCAL_RANK GPU (nccl) or the CPU (gloo); otherwise it creates a 1-rank world in this
+    process on ``train.device``. Tables are sharded by TorchRec's planner (CPU constraints
+    by default, per-table choices from ``tables.<name>``) and updated by FBGEMM's fused
+    optimizer ``train.embedding_optimizer``; the dense part is data parallel. Checkpoints:
     ``last_dcp/`` (progress) and ``best_dcp/`` (best epoch) through
     torch.distributed.checkpoint, so a run continues on any number of ranks from an epoch
-    boundary; ``best.pt`` is the gathered, unsharded best model (the single-process format,
-    for ``export`` / ``score``).
+    boundary; ``best.pt`` is the gathered, unsharded best model, for ``export`` / ``score``.
     """
 
     def __init__(self, config: Dict[str, Any]) -> None:
-        self.backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.launched = "LOCAL_RANK" in os.environ  # by torchrun
+        if self.launched:
+            self.device = (torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+                           if torch.cuda.is_available() else torch.device("cpu"))
+        else:
+            self.device = resolve_device(config["train"]["device"])
+        self.backend = "nccl" if self.device.type == "cuda" else "gloo"
         self.last_logits: Optional[torch.Tensor] = None  # the last step's, for error reports
         self.timeout = datetime.timedelta(seconds=float(config["train"]["dist_timeout_s"]))
 
     def __enter__(self) -> "ShardedBackend":
+        if dist.is_initialized():
+            raise ValueError("a torch.distributed process group is already initialised in "
+                             "this process; training creates its own (one process) or joins "
+                             "torchrun's: call it outside your own group")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         # A frozen or dead rank ends the job after dist_timeout_s instead of gloo's 30 minutes.
-        dist.init_process_group(self.backend, timeout=self.timeout)
+        if self.launched:
+            dist.init_process_group(self.backend, timeout=self.timeout)
+        else:  # one process: a 1-rank world of its own, no rendezvous, no port
+            dist.init_process_group(self.backend, store=dist.HashStore(), rank=0,
+                                    world_size=1, timeout=self.timeout)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.device = (torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-                       if self.backend == "nccl" else torch.device("cpu"))
         # Control messages (stop flags, totals) on CPU: a small gloo collective at each loss
         # read (every train.sync_every steps), not on the accelerator's stream.
         self.control = dist.new_group(backend="gloo") if self.backend == "nccl" else None
@@ -105,6 +124,13 @@ class ShardedBackend(Backend):
 
     def read_progress(self, output_dir: str) -> Dict[str, Any]:
         self.progress_path = os.path.join(output_dir, "last_dcp")
+        if (not os.path.exists(self.progress_path)
+                and os.path.isfile(os.path.join(output_dir, "last.pt"))):
+            raise ValueError(
+                f"{os.path.join(output_dir, 'last.pt')} was written by an earlier version, "
+                "whose one-process training kept dense embedding tables and another "
+                "optimizer state; it cannot continue here. Start a new run (--overwrite, or "
+                "another --output-dir); its best.pt still exports and scores")
         return load_checkpoint(os.path.join(self.progress_path, "meta.pt"))
 
     def check_resume(self, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
@@ -134,7 +160,7 @@ class ShardedBackend(Backend):
         emb_opt, emb_lr, note = embedding_optimizer(train_cfg, self.device.type)
         if note and self.main:
             print(f"[sharding] {note}")
-        sharders = make_sharders(emb_opt, emb_lr, self.device.type)
+        sharders = make_sharders(emb_opt, emb_lr, self.device.type, weight_decay(train_cfg))
         mean_history = source.summary()["train"]["mean_history"]
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=self.world, compute_device=self.device.type,
@@ -143,15 +169,20 @@ class ShardedBackend(Backend):
             batch_size=train_cfg["batch_size"],
             constraints=constraints_for(config, model, mean_history, self.device.type))
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-        if self.main:
+        if self.main and self.world > 1:
             print(f"[plan]\n{plan}")
+        elif self.main:
+            print(f"[tables] FBGEMM's fused {emb_opt} (lr {emb_lr:g}) on the rows each batch "
+                  f"looks up; the dense part {train_cfg['optimizer']} (lr "
+                  f"{train_cfg['learning_rate']:g})")
         mba = make_regularizer(model.model, source, train_cfg)  # before shard() swaps tables
         self.dmp = shard(model, plan, sharders, device=self.device)
         if mba is not None:
             # After sharding: DMP materialises the meta model's own buffers, not these. The
             # penalty reaches the sharded rows through their lookups' gradients.
             self.dmp.module.penalty = MBAPenalty(mba.to(self.device))
-        if train_cfg["compile"]:
+        self.compiled, self.compile_reported = bool(train_cfg["compile"]), False
+        if self.compiled:
             # The dense part (interaction, over arch) under torch.compile, inside the pipeline:
             # TrainPipelineSparseDist traces the model with the sharded collections as leaves
             # and calls the compiled submodules as it finds them.
@@ -182,15 +213,26 @@ class ShardedBackend(Backend):
             self.attached = True
         self.dmp.train()
         it = iter(loader)
+        first = self.compiled and not self.compile_reported
         while True:
+            start = time.perf_counter()
             try:
                 loss, self.last_logits, labels = self.pipeline.progress(it)
             except StopIteration:
                 break
+            if first and self.main:  # the first step compiles the forward and backward graphs
+                first, self.compile_reported = False, True
+                print(f"[compile] first step {time.perf_counter() - start:.1f} s "
+                      f"(torch.compile of the dense part, dynamic shapes)")
             yield loss, int(labels.numel())
         # The pipeline keeps no batch in flight past the end; evaluation runs the plain DMP.
         self.pipeline.detach()
         self.attached = False
+        if self.compiled and self.main:
+            from torch._dynamo.utils import counters
+
+            print(f"[compile] graphs compiled so far: {counters['stats']['unique_graphs']} "
+                  f"(more than the first epoch's means ragged batches recompiled)")
 
     def progress_saved(self) -> bool:
         # A DCP folder is complete once rank 0 wrote its meta.pt and swapped it in.
@@ -269,12 +311,21 @@ class ShardedBackend(Backend):
         return box[0]
 
 
-def train_distributed(config: Dict[str, Any], output_dir: str, resume: bool = False,
-                      overwrite: bool = False) -> Optional[Dict[str, Any]]:
-    """Sharded training under torchrun; returns metrics.json's content on rank 0 (None
-    elsewhere). ``resume=True`` continues from ``last_dcp/``: from an epoch-end checkpoint
-    with any number of ranks (torch.distributed.checkpoint reshards on load), from a
-    mid-epoch one (``train.checkpoint_every``, SIGTERM) with the same number."""
+def train(config: Dict[str, Any], output_dir: str, resume: bool = False,
+          overwrite: bool = False) -> Optional[Dict[str, Any]]:
+    """Train in this process (a 1-rank world) or, under torchrun, on its ranks (see
+    :func:`torchrec_din.train.engine.run_training`).
+
+    Writes ``config.yaml``, ``metrics.json``, ``curves.png``, ``best.pt`` (the best epoch's
+    model, unsharded), ``best_dcp/`` and ``last_dcp/`` (all progress: model, optimizers, RNG,
+    position in the epoch) to ``output_dir``. ``resume=True`` continues from ``last_dcp/``:
+    from an epoch-end checkpoint with any number of ranks (torch.distributed.checkpoint
+    reshards on load), from a mid-epoch one (``train.checkpoint_every``, SIGTERM) with the
+    same number.
+
+    Returns:
+        Optional[Dict[str, Any]]: metrics.json's content on rank 0, None elsewhere.
+    """
     with ShardedBackend(config) as backend:
         return run_training(backend, config, output_dir, resume, overwrite)
 
