@@ -213,6 +213,8 @@ def _table_command(args: argparse.Namespace) -> int:
         if args.command == "plan":
             from torchrec_din.planning import print_plan
 
+            _quiet_library_noise()
+
             print_plan(config, source.vocab, args.world_size, args.compute_device,
                        mean_history=source.summary()["train"]["mean_history"])
             return 0

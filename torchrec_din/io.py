@@ -6,6 +6,8 @@ A kill at any moment leaves either the previous file or the new one, never half 
 
 import json
 import math
+import pickle
+import re
 import os
 import secrets
 import shutil
@@ -118,11 +120,26 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """``torch.load`` of one of our checkpoints, with errors that name the file."""
+    """``torch.load`` of one of our checkpoints, with errors that name the file.
+
+    Loads with ``weights_only=True``: our checkpoints hold tensors, numbers, strings and
+    containers only, and a file that asks for anything else (a pickle whose ``__reduce__``
+    would run code) is refused before any of it runs."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint "
+                                  f"(UnpicklingError: {str(e).splitlines()[0]}); restore it "
+                                  "from a backup or start over with --overwrite") from None
+        found = re.search(r"(?i)unsupported:? GLOBAL:? ([\w.]+)", str(e))
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects that torchrec_din never writes"
+            f"{f' ({found.group(1)})' if found else ''}: it was made elsewhere or altered. "
+            "Refused without loading it (unpickling it could run code of the file's); use "
+            "only checkpoints you trust") from None
     except Exception as e:  # truncated zip, unpickling errors, EOF: all mean a damaged file
         raise CheckpointError(
             f"checkpoint {path} is damaged or not a torch checkpoint ({type(e).__name__}: "
