@@ -4,6 +4,7 @@ Unknown keys are errors that name the key, so a typo never silently falls back t
 """
 
 import copy
+import math
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -210,10 +211,34 @@ def check_values(config: Dict[str, Any], path: str = "") -> None:
                                  f"{value!r}")
             continue
         value = _typed(key, node[parts[-1]], default)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config key {key!r} must be a finite number, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2 ** 63:
+            raise ValueError(f"config key {key!r} must fit in 64 bits, got {value!r}")
         low = MINIMUM.get(key)
         if low is not None and value is not None and value < low:
             raise ValueError(f"config key {key!r} must be >= {low:g}, got {value!r}")
         node[parts[-1]] = value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML itself keeps
+    the last silently, so a second ``train:`` block would replace the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ValueError(f"key {key!r} is written twice (lines {seen[key]} and "
+                                 f"{line}); YAML would keep only the last")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _UniqueKeyLoader.construct_mapping)
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -293,13 +318,18 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     if path:
         try:
             with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f) or {}
+                loaded = yaml.load(f, Loader=_UniqueKeyLoader)
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML ({_yaml_problem(e)})") from None
+        except ValueError as e:  # a key written twice
+            raise ValueError(f"{path}: {e}") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except IsADirectoryError:
             raise ValueError(f"{path} is a folder, not a YAML config file") from None
+        if loaded is None:
+            raise ValueError(f"{path} is empty: write the settings that differ from the "
+                             "defaults, at least data and features (see configs/)")
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the config must be a YAML mapping")
         config = _merge(config, loaded)

@@ -310,3 +310,16 @@ def test_a_file_in_two_splits_is_refused(files) -> None:
     cfg.update(train=[str(d / "part-0.parquet"), str(d / "part-0.parquet")])
     with pytest.raises(ParquetDataError, match="matched twice by data.parquet.train"):
         ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)
+
+
+def test_a_hard_link_of_the_train_file_in_the_test_split_is_refused(files, tmp_path) -> None:
+    from torchrec_din.data.parquet import ParquetSource
+
+    d, _ = files
+    link = tmp_path / "looks_new.parquet"
+    os.link(d / "part-0.parquet", link)  # another name, the same rows
+    cfg = {"buffer_rows": 64, "train": [str(d / "part-0.parquet")],
+           "valid": [str(d / "part-2.parquet")], "test": [str(link)]}
+    with pytest.raises(ParquetDataError, match="looks_new.parquet is in both the train and "
+                                               "the test split"):
+        ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)

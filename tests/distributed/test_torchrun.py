@@ -230,3 +230,13 @@ def test_two_ranks_from_scratch_with_dice_reach_one_process_quality(tmp_path) ->
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.05), (a, b)
     assert two["test"]["gauc"] > one["test"]["gauc"] - 0.03, (one["test"], two["test"])
     assert two["test"]["auc"] > 0.55, two["test"]  # it learned the planted signal
+
+
+def test_non_finite_loss_on_two_ranks_names_the_ranks_and_the_tensor(tmp_path) -> None:
+    proc = _run(tmp_path / "blowup", 2, ["train.learning_rate=1e30", "train.sync_every=1",
+                                         "train.checkpoint_every=0"], tmp_path / "cache")
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "non-finite training loss at epoch 0, batch " in err, err[-3000:]
+    assert " on ranks 0, 1 of 2 (first non-finite: rank 0: logits (" in err, err[-3000:]
+    assert "No progress was saved before it" in err and "last_dcp" not in err, err[-3000:]

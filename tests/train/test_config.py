@@ -86,3 +86,20 @@ def test_group_histories_auto_follows_the_protocol() -> None:
     assert not shares_histories(load_config("configs/synthetic_din.yaml")["data"])
     with pytest.raises(ValueError, match="'data.group_histories' must be one of auto, true, false"):
         load_config(None, ["data.group_histories=sometimes"])
+
+
+def test_empty_file_duplicate_keys_and_unbounded_numbers_are_refused(tmp_path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=f"{empty} is empty"):
+        load_config(str(empty))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 2\nseed: 1\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ValueError, match=r"key 'train' is written twice \(lines 1 and 4\)"):
+        load_config(str(twice))
+    with pytest.raises(ValueError, match="'train.learning_rate' must be a finite number"):
+        load_config(None, ["train.learning_rate=.inf"])
+    with pytest.raises(ValueError, match="'seed' must fit in 64 bits"):
+        load_config(None, [f"seed={2 ** 70}"])
+    with pytest.raises(ValueError, match="'train.embedding_optimizer' must be one of"):
+        load_config(None, ["train.embedding_optimizer=adamw"])

@@ -550,7 +550,9 @@ class ParquetSource:
         self.schema, self.vocab, self.buffer_rows = schema, vocab, int(cfg["buffer_rows"])
         self.max_history = int(data_cfg.get("max_history") or 0)
         self.file_splits: Dict[str, ParquetSplit] = {}  # split name -> its files
-        owner: Dict[str, str] = {}
+        # By file identity (device, inode), not path: a hard link or a bind mount of the
+        # train file is the same rows under another name.
+        owner: Dict[Tuple[int, int], str] = {}
         for name in ("train", "valid", "test"):
             patterns = cfg[name]
             if isinstance(patterns, str):
@@ -559,14 +561,16 @@ class ParquetSource:
                 raise ValueError(f"data.parquet.{name} must name the {name} files (a glob)")
             split = ParquetSplit(patterns, schema, name)
             for path in split.files:
-                real = os.path.realpath(path)
+                stat = os.stat(path)
+                real = (stat.st_dev, stat.st_ino)
                 if real in owner:
                     if owner[real] == name:
                         raise ParquetDataError(f"{path} is matched twice by "
                                                f"data.parquet.{name}; its rows would count twice")
                     raise ParquetDataError(
                         f"{path} is in both the {owner[real]} and the {name} split "
-                        f"(data.parquet.{owner[real]} and data.parquet.{name} match it); "
+                        f"(data.parquet.{owner[real]} and data.parquet.{name} match it, or "
+                        "a hard link of it); "
                         "a file may belong to one split only, or test metrics would be "
                         "measured on training rows")
                 owner[real] = name
