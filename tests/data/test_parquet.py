@@ -187,6 +187,12 @@ def test_two_groups_multi_hot_and_dense_train_from_the_cli(tmp_path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     out = tmp_path / "run"
+    # MBA takes a table's rows from the collections' outputs, and a multi-hot bag returns
+    # their sum: refused with the reason before anything trains; plain L2 trains.
+    assert main(["train", "--config", str(path), "--output-dir", str(out)]) == 1
+    assert not (out / "metrics.json").exists()
+    config["train"]["regularization"] = "l2"
+    path.write_text(json.dumps(config))
     assert main(["train", "--config", str(path), "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["samples"] == 150 and len(metrics["epochs"]) == 2

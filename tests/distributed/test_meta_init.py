@@ -9,6 +9,7 @@ a broken start; these compare a model's own start with the eager one's.
 import copy
 from typing import Any, Callable, Dict, List
 
+import pytest
 import torch
 from torch import nn
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -83,6 +84,15 @@ def _materialised_state(rank: int, world_size: int, variant: str) -> Dict[str, t
         plan = planner.collective_plan(model, sharders, ctx.pg)
         dmp = shard(model, plan, sharders, ctx.pg)
         return gather_state_dict(dmp)
+
+
+@pytest.fixture(autouse=True)
+def _own_environment(monkeypatch):
+    # TorchRec's MultiProcessContext leaves LOCAL_RANK / LOCAL_WORLD_SIZE in os.environ when
+    # it runs a 1-rank world in this process: keep them from the tests that come after.
+    for key in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
 
 
 def _check(variant: str) -> None:

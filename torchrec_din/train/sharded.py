@@ -73,7 +73,8 @@ class ShardedBackend(Backend):
     """
 
     def __init__(self, config: Dict[str, Any]) -> None:
-        self.launched = "LOCAL_RANK" in os.environ  # by torchrun
+        # Launched by torchrun (or a launcher that sets the same env:// variables).
+        self.launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
         if self.launched:
             self.device = (torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
                            if torch.cuda.is_available() else torch.device("cpu"))
@@ -164,8 +165,9 @@ class ShardedBackend(Backend):
         mean_history = source.summary()["train"]["mean_history"]
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=self.world, compute_device=self.device.type,
-                              local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE",
-                                                                  self.world))),
+                              local_world_size=(int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                   self.world))
+                                                if self.launched else 1)),
             batch_size=train_cfg["batch_size"],
             constraints=constraints_for(config, model, mean_history, self.device.type))
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
