@@ -329,3 +329,28 @@ def test_a_hard_link_of_the_train_file_in_the_test_split_is_refused(files, tmp_p
     with pytest.raises(ParquetDataError, match="looks_new.parquet is in both the train and "
                                                "the test split"):
         ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)
+
+
+@pytest.mark.parametrize("column,values,message", [
+    ("user", lambda n: np.where(np.arange(n) == 50, -3, 7), r"row 13 .*column 'user'.*: id -3 "
+                                                             r"is outside table 'user'"),
+    ("buy_item", lambda n: [[1, 2]] * 50 + [[1, 9999]] + [[3]] * (n - 51),
+     r"row 13 .*column 'buy_item'.*: id 9999 is outside table 'item'"),
+    ("user", lambda n: pa.array([None if i == 50 else 4 for i in range(n)], pa.int64()),
+     r"row 13 .*column 'user'.*: null value"),
+])
+def test_id_counts_check_every_row_as_training_does(tmp_path, column, values, message) -> None:
+    """MBA counts ids over the train split before the first batch: a bad value gets the
+    reader's named error there too (not a numpy error about bincount)."""
+    from torchrec_din.data.parquet import ParquetSource
+
+    n = 120
+    bad = values(n)
+    _write(tmp_path / "train.parquet", n, **{column: bad})
+    _write(tmp_path / "valid.parquet", 40, seed=1)
+    _write(tmp_path / "test.parquet", 40, seed=2)
+    cfg = {"buffer_rows": 64, **{s: [str(tmp_path / f"{s}.parquet")]
+                                 for s in ("train", "valid", "test")}}
+    source = ParquetSource({"parquet": cfg, "max_history": 0}, SCHEMA, VOCAB)
+    with pytest.raises(ParquetDataError, match=message):
+        source.count_ids("train", ["user", "buy_item"], {"user": 100, "buy_item": 5000})

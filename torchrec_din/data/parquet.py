@@ -606,11 +606,15 @@ class ParquetSource:
         counts = {f: np.zeros(rows[f], np.float64) for f in features}
         s = self.file_splits[split]
         history = set(self.schema.history_features())
+        cache: Dict[str, Any] = {}
         for unit in s.units:
-            table = s.read(unit, list(features) + [self.schema.label])
-            positive = table.column(self.schema.label).to_numpy() > 0
+            # Read as training reads it, with every row check (nulls, ids in their tables,
+            # labels, lengths) and its named error: counting runs before the first batch,
+            # so it is where a bad value is met first.
+            window = _Window(s, [(unit, 0, unit.rows)], self.vocab, cache)
+            positive = window.columns[self.schema.label][0] > 0
             for f in features:
-                values, offsets = _flat(table.column(f))
+                values, offsets = window.columns[f]
                 if f in history and self.max_history > 0:  # what training batches carry
                     values, lengths = _gather(values, offsets, np.arange(offsets.size - 1),
                                               self.max_history)
