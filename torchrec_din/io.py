@@ -130,16 +130,18 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint "
-                                  f"(UnpicklingError: {str(e).splitlines()[0]}); restore it "
-                                  "from a backup or start over with --overwrite") from None
+        # weights_only refuses a pickle that names a global (a class or function to call);
+        # any other unpickling error is a damaged file, handled below.
         found = re.search(r"(?i)unsupported:? GLOBAL:? ([\w.]+)", str(e))
+        if found is None:
+            raise CheckpointError(f"checkpoint {path} is damaged or not a torch checkpoint "
+                                  "(its pickle cannot be read); restore it from a backup or "
+                                  "start over with --overwrite") from None
         raise CheckpointError(
-            f"checkpoint {path} holds Python objects that torchrec_din never writes"
-            f"{f' ({found.group(1)})' if found else ''}: it was made elsewhere or altered. "
-            "Refused without loading it (unpickling it could run code of the file's); use "
-            "only checkpoints you trust") from None
+            f"checkpoint {path} holds Python objects that torchrec_din never writes "
+            f"({found.group(1)}): it was made elsewhere or altered. Refused without loading "
+            "it (unpickling it could run code of the file's); use only checkpoints you "
+            "trust") from None
     except Exception as e:  # truncated zip, unpickling errors, EOF: all mean a damaged file
         raise CheckpointError(
             f"checkpoint {path} is damaged or not a torch checkpoint ({type(e).__name__}: "
