@@ -333,9 +333,19 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the config must be a YAML mapping")
         config = _merge(config, loaded)
+    given = set(loaded) if path else set()
     for item in overrides or []:
-        config = _merge(config, parse_override(item))
+        override = parse_override(item)
+        given |= set(override)
+        config = _merge(config, override)
     check_values(config)
+    if config["data"]["dataset"] == "parquet" and "features" not in given:
+        # The default schema names the built-in data sets' columns (age, gender, ...): a
+        # Parquet file has its own, so they must be written down.
+        raise ValueError(f"{path or 'the config'}: data.dataset is parquet but there is no "
+                         "features: section naming the files' columns (label, groups of "
+                         "candidate and history columns, pooled, dense); see "
+                         "configs/synthetic_din.yaml for its shape")
     from torchrec_din.data.schema import FeatureSchema
 
     check_tables(config, FeatureSchema.from_config(config["features"]))  # errors name the entry

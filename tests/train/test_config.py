@@ -103,3 +103,19 @@ def test_empty_file_duplicate_keys_and_unbounded_numbers_are_refused(tmp_path) -
         load_config(None, [f"seed={2 ** 70}"])
     with pytest.raises(ValueError, match="'train.embedding_optimizer' must be one of"):
         load_config(None, ["train.embedding_optimizer=adamw"])
+
+
+def test_a_parquet_config_without_features_is_named_and_plan_bounds_the_world(tmp_path,
+                                                                               capsys) -> None:
+    bare = tmp_path / "pq.yaml"
+    bare.write_text("data:\n  dataset: parquet\n  parquet: {train: [a.parquet], valid: "
+                    "[b.parquet], test: [c.parquet]}\n")
+    with pytest.raises(ValueError, match="data.dataset is parquet but there is no features: "
+                                         "section"):
+        load_config(str(bare))
+    from torchrec_din.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["plan", "--config", "configs/movielens_din.yaml", "--world-size", "1000000"])
+    assert stop.value.code == 2
+    assert "plans for at most 512 ranks, got 1000000" in capsys.readouterr().err
