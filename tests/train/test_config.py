@@ -119,3 +119,12 @@ def test_a_parquet_config_without_features_is_named_and_plan_bounds_the_world(tm
         main(["plan", "--config", "configs/movielens_din.yaml", "--world-size", "1000000"])
     assert stop.value.code == 2
     assert "plans for at most 512 ranks, got 1000000" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_feature_schema() -> None:
+    from torchrec_din.train.checkpoint import check_resumable
+
+    saved = load_config("configs/synthetic_din.yaml")
+    changed = load_config("configs/synthetic_din.yaml", ["features.pooled=[]"])
+    with pytest.raises(ValueError, match="--resume needs the same 'features' config"):
+        check_resumable(saved, changed)

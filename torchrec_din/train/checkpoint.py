@@ -13,12 +13,12 @@ def check_resumable(saved: Dict[str, Any], config: Dict[str, Any],
                     mid_epoch: bool = False) -> List[str]:
     """Whether a run can continue with ``config``; returns the train.* changes it applies.
 
-    Seed, data, model and tables must be the same. train.* values may change (more epochs, a
+    Seed, data, features, model and tables must be the same. train.* values may change (more epochs, a
     lower learning rate, ...) except the optimizer and regulariser kinds, and the batch size
     when the checkpoint was taken mid-epoch (the position in the epoch is counted in batches
     of the old size).
     """
-    for key in ("seed", "data", "model", "tables"):
+    for key in ("seed", "data", "features", "model", "tables"):
         if saved.get(key) != config.get(key):
             raise ValueError(f"--resume needs the same {key!r} config as the checkpoint; "
                              f"it was {saved.get(key)!r}, now {config.get(key)!r}")
