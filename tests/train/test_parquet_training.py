@@ -118,3 +118,31 @@ def test_streaming_run_killed_mid_epoch_resumes_exactly(converted, sigterm_once_
     assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in full["epochs"]]
     for key in ("auc", "gauc", "logloss"):
         assert resumed["test"][key] == full["test"][key], key
+
+
+def test_resume_refuses_data_files_that_changed(converted, tmp_path, capsys) -> None:
+    """A run records the size and modification time of every file it reads; --resume over a
+    rewritten train file is refused by name (its position counts the old file's rows)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    root, _ = converted
+    cfg = yaml.safe_load((root / "pq" / "config.yaml").read_text())
+    for split in ("train", "valid", "test"):
+        (src,) = cfg["data"]["parquet"][split]
+        shutil.copy(src, tmp_path / f"{split}.parquet")
+        cfg["data"]["parquet"][split] = [str(tmp_path / f"{split}.parquet")]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    args = ["train", "--config", str(config), "--output-dir", str(out)]
+    assert main(args + _sets(["train.epochs=1", "train.progress=false"])) == 0
+    capsys.readouterr()
+    train = tmp_path / "train.parquet"
+    table = pq.read_table(train)
+    pq.write_table(table.slice(0, table.num_rows - 10), train)  # rewritten, 10 rows fewer
+    assert main(args + _sets(["train.epochs=2", "train.progress=false"]) + ["--resume"]) == 1
+    err = capsys.readouterr().err
+    assert f"--resume: {train} changed since the checkpoint" in err, err
+    assert "would train rows twice or skip them" in err

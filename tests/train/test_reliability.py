@@ -115,7 +115,7 @@ def test_resume_applies_learning_rate_and_refuses_mid_epoch_batch_size(tmp_path,
         check_resumable(config, changed, mid_epoch=True)
     with pytest.raises(ValueError, match="cannot change train.optimizer"):
         check_resumable(config, load_config(None, ["train.optimizer=sgd"]) | {
-            k: config[k] for k in ("seed", "data", "model", "tables")})
+            k: config[k] for k in ("seed", "data", "features", "model", "tables")})
 
 
 # 4. score: bad arguments never touch the output; histories capped as in training; bounded.

@@ -292,6 +292,8 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
         os.makedirs(output_dir, exist_ok=True)
 
     source = open_source(config, backend.main_first)
+    if saved is not None:
+        _check_same_files(saved.get("data_files"), _data_files(source.meta))
     eval_size = int(train_cfg["eval_batch_size"])
     splits = source.splits({"train": int(train_cfg["batch_size"]), "valid": eval_size,
                             "test": eval_size}, seed, backend.rank, backend.world)
@@ -325,6 +327,7 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
         _print_data(source.meta, summary, data_cfg)
 
     record = RunRecord(train_cfg["select_metric"], summary, source.meta, backend.world)
+    data_files = _data_files(source.meta)
     start_epoch, start_batch = 0, 0
     totals = _EpochTotals()
     if saved is not None:
@@ -341,7 +344,8 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
     def save_progress(epoch: int, batch: int) -> None:
         backend.save_progress({
             "epoch": epoch, "batch": batch, "totals": backend.gather(totals.state()),
-            "record": record.state(), "config": config, "world_size": backend.world})
+            "record": record.state(), "config": config, "world_size": backend.world,
+            "data_files": data_files})
         folder.commit()
 
     with _StopRequest() as stop:
@@ -425,6 +429,38 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
     note = f", {backend.world} ranks" if backend.world > 1 else ""
     print(record.finish(test, popularity, output_dir, note))
     return record.results
+
+
+def _data_files(meta: Dict[str, Any]) -> Dict[str, List[int]]:
+    """Size and modification time (ns) of every data file a source reads (``meta["files"]``:
+    split -> paths, as the Parquet source lists them), for ``--resume`` to compare."""
+    out: Dict[str, List[int]] = {}
+    for paths in (meta.get("files") or {}).values():
+        for path in paths:
+            stat = os.stat(path)
+            out[path] = [int(stat.st_size), int(stat.st_mtime_ns)]
+    return out
+
+
+def _check_same_files(saved: Optional[Dict[str, List[int]]],
+                      now: Dict[str, List[int]]) -> None:
+    """Refuse to resume over data files that changed since the checkpoint: its position
+    counts their rows, so the run would train rows twice or skip them."""
+    if saved is None:  # a checkpoint of an earlier version: nothing recorded
+        return
+    advice = ("the checkpoint's position counts the rows the run had read, so continuing "
+              "would train rows twice or skip them; restore the files or start a new run "
+              "(--overwrite, or another --output-dir)")
+    for path in sorted(set(saved) | set(now)):
+        if path not in now:
+            raise ValueError(f"--resume: {path} was read by the run but is no longer among "
+                             f"its files; {advice}")
+        if path not in saved:
+            raise ValueError(f"--resume: {path} is new among the run's files; {advice}")
+        if saved[path] != now[path]:
+            raise ValueError(f"--resume: {path} changed since the checkpoint (size "
+                             f"{saved[path][0]} -> {now[path][0]} bytes, modified again); "
+                             f"{advice}")
 
 
 def _non_finite_message(backend: Backend, epoch: int, first: int, step: int,
