@@ -18,7 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
+
+from movielens_results import finished_metrics  # benchmarks/movielens_results.py
 
 CONFIG = "configs/movielens_din.yaml"
 TARGET = 0.005  # |test GAUC (2 ranks) - test GAUC (1 process)| on the same seed
@@ -26,12 +28,9 @@ TARGET = 0.005  # |test GAUC (2 ranks) - test GAUC (1 process)| on the same seed
 
 def run(out: str, seed: int, ranks: int, extra: List[str]) -> Dict:
     """metrics.json of a finished run in ``out``, else train it from scratch there."""
-    path = os.path.join(out, "metrics.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            metrics = json.load(f)
-        if "test" in metrics:
-            return metrics
+    metrics = finished_metrics(out)
+    if metrics is not None:
+        return metrics
     shutil.rmtree(out, ignore_errors=True)
     args = ["train", "--config", CONFIG, "--output-dir", out, "--set", f"seed={seed}",
             "--set", "train.progress=false"]
@@ -52,7 +51,7 @@ def run(out: str, seed: int, ranks: int, extra: List[str]) -> Dict:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n"
                            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     print(f"  {out}: {time.perf_counter() - start:.0f} s", flush=True)
-    with open(path, encoding="utf-8") as f:
+    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         return json.load(f)
 
 

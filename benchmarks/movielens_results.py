@@ -44,15 +44,23 @@ MODELS: Dict[str, Tuple[str, str, List[str]]] = {
 BASE = "BaseModel"  # RelaImpr is measured against it, as in the paper
 
 
-def train_or_reuse(config_path: str, overrides: List[str], out: str) -> Dict:
-    """metrics.json of a finished run in ``out`` (so a partly done table or sweep resumes),
-    else continue an interrupted run there (same config), else train one from scratch."""
+def finished_metrics(out: str) -> Optional[Dict]:
+    """metrics.json of a run in ``out`` that finished (it has test metrics), else None."""
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path):
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         if "test" in metrics:
             return metrics
+    return None
+
+
+def train_or_reuse(config_path: str, overrides: List[str], out: str) -> Dict:
+    """metrics.json of a finished run in ``out`` (so a partly done table or sweep resumes),
+    else continue an interrupted run there (same config), else train one from scratch."""
+    metrics = finished_metrics(out)
+    if metrics is not None:
+        return metrics
     config = load_config(config_path, overrides)
     if os.path.exists(os.path.join(out, "last_dcp", "meta.pt")):
         try:

@@ -12,6 +12,7 @@ from torchrec_din.distributed.sharding import (  # noqa: F401
     load_full_state_dict,
     make_sharders,
     manual_plan,
+    plain_name,
     shard,
     SHARDING_TYPES,
     use_pipeline_jit_model,

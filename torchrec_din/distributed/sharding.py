@@ -173,7 +173,7 @@ def gather_state_dict(model: nn.Module, dst: int = 0) -> Dict[str, torch.Tensor]
     rank = torch.distributed.get_rank()
     out: Dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
-        key = _plain_name(name)
+        key = plain_name(name)
         if isinstance(value, ShardedTensor):
             # metadata(), not size(): torch functions on a ShardedTensor warn that it is
             # deprecated, and TorchRec's state dict still hands us ShardedTensors.
@@ -186,7 +186,9 @@ def gather_state_dict(model: nn.Module, dst: int = 0) -> Dict[str, torch.Tensor]
     return out
 
 
-def _plain_name(name: str) -> str:
+def plain_name(name: str) -> str:
+    """A DistributedModelParallel state-dict or parameter name as the unwrapped model's
+    (``_dmp_wrapped_module.module.model.x`` -> ``model.x``)."""
     return name.replace("_dmp_wrapped_module.", "").replace("module.", "")
 
 
@@ -195,7 +197,7 @@ def load_full_state_dict(model: nn.Module, full: Dict[str, torch.Tensor]) -> Non
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     for name, value in model.state_dict().items():
-        src = full[_plain_name(name)]
+        src = full[plain_name(name)]
         with torch.no_grad():
             if isinstance(value, ShardedTensor):
                 for shard in value.local_shards():

@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from torchrec_din.allocator import keep_freed_memory
+from torchrec_din.distributed import plain_name
 from torchrec_din.data.registry import open_source
 from torchrec_din.data.source import DataSource, EpochLoader, popularity_scores, SplitData
 from torchrec_din.metrics import evaluate_predictions, oracle_comparison
@@ -292,8 +293,9 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
         os.makedirs(output_dir, exist_ok=True)
 
     source = open_source(config, backend.main_first)
+    data_files = _data_files(source.meta)
     if saved is not None:
-        _check_same_files(saved.get("data_files"), _data_files(source.meta))
+        _check_same_files(saved.get("data_files"), data_files)
     eval_size = int(train_cfg["eval_batch_size"])
     splits = source.splits({"train": int(train_cfg["batch_size"]), "valid": eval_size,
                             "test": eval_size}, seed, backend.rank, backend.world)
@@ -307,7 +309,7 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
     try:
         folder.start(config, overwrite)
         return _train_epochs(backend, config, output_dir, saved, source, splits, loader,
-                             folder)
+                             folder, data_files)
     except TrainingInterrupted:
         raise  # progress was saved: the run is resumable
     except BaseException:
@@ -317,9 +319,10 @@ def run_training(backend: Backend, config: Dict[str, Any], output_dir: str,
 
 def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
                   saved: Optional[Dict[str, Any]], source: DataSource,
-                  splits: Dict[str, SplitData], loader: EpochLoader,
-                  folder: RunFolder) -> Optional[Dict[str, Any]]:
-    """The epoch loop of :func:`run_training`, once the run folder is started."""
+                  splits: Dict[str, SplitData], loader: EpochLoader, folder: RunFolder,
+                  data_files: Dict[str, List[int]]) -> Optional[Dict[str, Any]]:
+    """The epoch loop of :func:`run_training`, once the run folder is started;
+    ``data_files``: the source's files as :func:`_data_files` saw them at the start."""
     data_cfg, train_cfg = config["data"], config["train"]
     main = backend.main
     summary = source.summary()  # once: a Parquet source reads a row group for it
@@ -327,7 +330,6 @@ def _train_epochs(backend: Backend, config: Dict[str, Any], output_dir: str,
         _print_data(source.meta, summary, data_cfg)
 
     record = RunRecord(train_cfg["select_metric"], summary, source.meta, backend.world)
-    data_files = _data_files(source.meta)
     start_epoch, start_batch = 0, 0
     totals = _EpochTotals()
     if saved is not None:
@@ -506,8 +508,7 @@ def describe_non_finite(logits: Optional[torch.Tensor], model: torch.nn.Module) 
         parts = ([s.tensor for s in tensor.local_shards()] if hasattr(tensor, "local_shards")
                  else [tensor])
         if any(p.is_floating_point() and not bool(torch.isfinite(p).all()) for p in parts):
-            broken.append(f"{kind} "
-                          + name.replace("_dmp_wrapped_module.", "").replace("module.", "", 1))
+            broken.append(f"{kind} {plain_name(name)}")
     if broken:
         more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
         return f"{first}; non-finite after the step: {broken[0]}{more}"
