@@ -157,3 +157,27 @@ def test_an_unknown_dataset_names_the_registered_ones() -> None:
     with pytest.raises(ValueError, match=r"data.dataset must be one of \['amazon-electronics', "
                                          r"'movielens-100k', 'parquet', 'synthetic'\], got 'csv'"):
         registry.open_source(config)
+
+
+def test_evaluation_batches_out_of_the_splits_order_are_refused(tmp_path, monkeypatch) -> None:
+    """Metrics pair predictions with the split's labels by position: a split whose
+    evaluation batches come in another order is an error, not silently wrong metrics."""
+
+    class Shuffled(ListSplit):
+        def eval_batches(self):
+            yield from reversed([(batch, True) for batch in self.batches])
+
+    class ShuffledSource(ListSource):
+        def splits(self, batch_sizes, seed, rank, world):
+            out = super().splits(batch_sizes, seed, rank, world)
+            out["valid"] = Shuffled(self.rows["valid"], self.schema, 16, False)
+            return out
+
+    monkeypatch.setitem(registry.SOURCES, "lists",
+                        lambda config, main_first: ShuffledSource(config))
+    config = load_config("configs/synthetic_din.yaml", [
+        "data.dataset=lists", "train.epochs=1", "train.progress=false", "train.batch_size=64",
+        "train.regularization=none", "model.embedding_dim=4", "model.pooled_embedding_dim=4"])
+    with pytest.raises(RuntimeError, match="valid: the evaluation batches are not in the "
+                                           "split's order"):
+        train(config, str(tmp_path / "run"))

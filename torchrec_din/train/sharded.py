@@ -248,18 +248,29 @@ class ShardedBackend(Backend):
         """Every rank scores a contiguous part; rank 0 gets all logits."""
         self.sync_statistics()  # one model on every rank
         logits: List[np.ndarray] = []
+        labels: List[np.ndarray] = []
         start = time.perf_counter()
         self.dmp.eval()
         with torch.no_grad():
             for batch, scored in split.eval_batches():
-                _, (_, out, _) = self.dmp(batch.to(self.device))
+                _, (_, out, label) = self.dmp(batch.to(self.device))
                 if scored:
                     logits.append(out.cpu().numpy())
+                    labels.append(label.cpu().numpy())
         elapsed = time.perf_counter() - start
-        local = np.concatenate(logits) if logits else np.zeros(0, np.float32)
-        gathered = self.gather(local)
+        gathered = self.gather((np.concatenate(logits) if logits else np.zeros(0, np.float32),
+                                np.concatenate(labels) if labels else np.zeros(0, np.float32)))
         self.dmp.train()
-        return (np.concatenate(gathered) if self.main else None), elapsed
+        if not self.main:
+            return None, elapsed
+        # Metrics pair logits with the split's labels and groups by position: batches out of
+        # the split's order would give silently wrong metrics, so check the labels they gave.
+        got = np.concatenate([g[1] for g in gathered])
+        if not np.array_equal(got, np.asarray(split.labels(), got.dtype)):
+            raise RuntimeError(f"{desc}: the evaluation batches are not in the split's order "
+                               "(their labels differ from the split's); metrics would pair "
+                               "predictions with the wrong labels")
+        return np.concatenate([g[0] for g in gathered]), elapsed
 
     def save_progress(self, record: Dict[str, Any]) -> None:
         # Model + fused optimizer state sharded, and (rank 0) the rest in the same folder,
